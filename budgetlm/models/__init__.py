@@ -1,0 +1,15 @@
+"""Model registry: the trainer asks for a model by config and never needs to know which one."""
+
+from __future__ import annotations
+
+import torch
+
+from budgetlm.config import ModelConfig
+from budgetlm.errors import BudgetLMError
+
+
+def build_model(cfg: ModelConfig) -> torch.nn.Module:
+    if cfg.arch == "gpt":
+        from budgetlm.models.transformer import GPT
+        return GPT(cfg)
+    raise BudgetLMError(f"--arch: unknown architecture {cfg.arch!r}")

@@ -1,0 +1,233 @@
+"""`budgetlm VERB ...`: each verb parses its flags into config objects and calls one library
+function. Problems with input end as one line naming the file or flag, and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from budgetlm.errors import BudgetLMError
+
+MODEL_FLAGS = ("n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "norm", "pos", "mlp_hidden")
+TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac", "warmup_frac", "warmup_steps",
+               "schedule", "weight_decay", "grad_clip", "seed", "device", "dtype", "compile", "threads",
+               "eval_every", "eval_tokens", "checkpoint_every", "log_every")
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="named size: nano, micro, tiny, small, mini, gpt2-124m, ..., tinyllama-1.1b")
+    g.add_argument("--n-layer", type=int)
+    g.add_argument("--n-head", type=int)
+    g.add_argument("--n-kv-head", type=int, help="fewer than --n-head: grouped-query attention")
+    g.add_argument("--n-embd", type=int)
+    g.add_argument("--mlp", choices=["gelu", "swiglu"])
+    g.add_argument("--mlp-hidden", type=int)
+    g.add_argument("--norm", choices=["layernorm", "rmsnorm"])
+    g.add_argument("--pos", choices=["learned", "rope"])
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--batch-size", type=int, help="sequences per micro-batch")
+    g.add_argument("--total-batch-tokens", "--total-batch", type=int, help="tokens per step (gradient accumulation)")
+    g.add_argument("--seq-len", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--min-lr-frac", type=float)
+    g.add_argument("--warmup-frac", type=float)
+    g.add_argument("--warmup-steps", type=int)
+    g.add_argument("--schedule", choices=["cosine", "linear", "wsd", "constant"])
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--grad-clip", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
+    g.add_argument("--compile", choices=["auto", "on", "off"])
+    g.add_argument("--threads", type=int)
+    g.add_argument("--eval-every", type=int, help="steps between evals (0 = only at the end)")
+    g.add_argument("--eval-tokens", type=int)
+    g.add_argument("--checkpoint-every", type=int)
+    g.add_argument("--log-every", type=int)
+    g.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+
+def _picked(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from budgetlm.data.prepare import prepare
+    prepare(args.data, args.tokenizer, args.out, max_tokens=_count(args.max_tokens, "--max-tokens"),
+            val_frac=args.val_frac, shard_tokens=_count(args.shard_tokens, "--shard-tokens"), seed=args.seed)
+
+
+def _count(text: str | None, flag: str) -> int | None:
+    """'50M', '2.5k', '1000' -> int."""
+    if text is None:
+        return None
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9}
+    t = str(text).strip().lower()
+    try:
+        return int(float(t[:-1]) * scale[t[-1]]) if t[-1] in scale else int(t)
+    except (ValueError, IndexError):
+        raise BudgetLMError(f"{flag}: expected a count like 1000, 50k or 20M, got {text!r}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from budgetlm.config import TrainConfig, from_dict, load_toml, model_config
+    from budgetlm.train.trainer import train
+
+    model_values, train_values = {}, {}
+    if args.config:
+        file = load_toml(args.config)
+        model_values = dict(file.get("model", {}))
+        train_values = dict(file.get("train", {}))
+        args.data = args.data or file.get("data", {}).get("dir")
+    if not args.data:
+        raise BudgetLMError("--data: give the prepared data folder (from 'budgetlm prepare')")
+    preset = args.model or model_values.pop("preset", None)
+    model_values.update(_picked(args, MODEL_FLAGS))
+    mcfg = model_config(preset, **model_values)
+    train_values.update(_picked(args, TRAIN_FLAGS))
+    train_values["budget"] = args.budget or train_values.get("budget", "5m")
+    train_values["out_dir"] = args.out
+    train_values["progress"] = not args.no_progress
+    tcfg = from_dict(TrainConfig, train_values, args.config or "flags")
+    resume = None
+    if args.resume is not None:
+        resume = args.resume or args.out
+    info = train(mcfg, tcfg, args.data, resume=resume, stop_after_steps=args.stop_after_steps)
+    from budgetlm.report import summary_table
+    print(summary_table(info))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from budgetlm.data.prepare import data_tokenizer
+    from budgetlm.data.shards import load_split
+    from budgetlm.eval.perplexity import evaluate
+    from budgetlm.report import load_model
+
+    model, tok, ckpt = load_model(args.checkpoint, args.device or "auto")
+    data_tok = data_tokenizer(args.data)
+    if data_tok.fingerprint() != tok.fingerprint():
+        raise BudgetLMError(f"--data {args.data}: tokenizer ({data_tok.spec}) does not match the checkpoint's "
+                            f"({tok.spec}) in {ckpt}")
+    seq = args.seq_len or model.cfg.block_size
+    val = load_split(args.data, args.split)
+    device = next(model.parameters()).device
+    result = evaluate(model, val, tok.token_bytes(), seq, args.batch_size, device, max_tokens=args.max_tokens or 0)
+    result.update({"checkpoint": str(ckpt), "split": args.split})
+    if args.stories:
+        from budgetlm.eval.story_eval import story_eval
+        result.update(story_eval(model, tok, args.stories, seed=args.seed))
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from budgetlm.generate import sample_text
+    from budgetlm.report import load_model
+
+    model, tok, _ = load_model(args.checkpoint, args.device or "auto")
+    temp = None if args.greedy else args.temperature
+    for i in range(args.n):
+        s = sample_text(model, tok, args.prompt, args.max_tokens, temp, args.top_k, args.top_p, args.seed + i)
+        print(s.text)
+        print(f"[{len(s.tokens)} tokens, {s.tokens_per_s:,.0f} tokens/s]", file=sys.stderr)
+        if i + 1 < args.n:
+            print("-" * 40)
+
+
+def cmd_speedrun(args: argparse.Namespace) -> None:
+    from budgetlm.speedrun import speedrun
+    overrides = {**_picked(args, ("n_layer", "n_head", "n_embd", "seq_len", "batch_size", "lr", "compile",
+                                  "threads")), "progress": not args.no_progress}
+    speedrun(args.budget, args.data, args.tokenizer, args.out, args.device or "auto", seed=args.seed,
+             overrides=overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="budgetlm", description="Train the strongest language model a budget allows.")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    sp = sub.add_parser("prepare", help="text -> tokenizer -> token shards (llm.c format)")
+    sp.add_argument("--data", required=True, help="tinystories, synth, FILE.txt|.jsonl|.parquet, DIR, hf:OWNER/NAME")
+    sp.add_argument("--tokenizer", default="bpe:4096", help="bpe:N, gpt2 or char")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--max-tokens", help="train tokens to keep, e.g. 20M (default: all)")
+    sp.add_argument("--val-frac", type=float, default=0.1, help="held-out share for sources without a val split")
+    sp.add_argument("--shard-tokens", default="100M")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(fn=cmd_prepare)
+
+    sp = sub.add_parser("train", help="train under a budget of time, tokens or steps")
+    sp.add_argument("--data", help="prepared data folder")
+    sp.add_argument("--budget", help="5m, 2h, 300s, 50M-tokens, 1000-steps")
+    sp.add_argument("--config", help="TOML file with [model], [train], [data] tables (e.g. from 'budgetlm plan')")
+    sp.add_argument("--out", default="runs/latest", help="run folder: logs, checkpoints, summary")
+    sp.add_argument("--resume", nargs="?", const="", help="continue from the latest checkpoint in --out (or PATH)")
+    sp.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)
+    _add_model_flags(sp)
+    _add_train_flags(sp)
+    sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser("eval", help="validation loss, perplexity, bits per byte (and story metrics)")
+    sp.add_argument("checkpoint", help="run or checkpoint folder")
+    sp.add_argument("--data", required=True, help="prepared data folder (same tokenizer)")
+    sp.add_argument("--split", default="val")
+    sp.add_argument("--seq-len", type=int)
+    sp.add_argument("--batch-size", type=int, default=16)
+    sp.add_argument("--max-tokens", type=int)
+    sp.add_argument("--stories", type=int, default=0, help="also generate N stories and score their quality")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device")
+    sp.add_argument("--out", help="write the results as JSON here")
+    sp.set_defaults(fn=cmd_eval)
+
+    sp = sub.add_parser("sample", help="generate text from a checkpoint")
+    sp.add_argument("checkpoint", nargs="?", default="runs/speedrun")
+    sp.add_argument("--prompt", default="Once upon a time")
+    sp.add_argument("--max-tokens", type=int, default=256)
+    sp.add_argument("--temperature", type=float, default=0.8)
+    sp.add_argument("--top-k", type=int, default=0)
+    sp.add_argument("--top-p", type=float, default=0.95)
+    sp.add_argument("--greedy", action="store_true")
+    sp.add_argument("-n", type=int, default=1, help="number of samples")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device")
+    sp.set_defaults(fn=cmd_sample)
+
+    sp = sub.add_parser("speedrun", help="the main job: prepare, train, evaluate, sample under one budget")
+    sp.add_argument("--budget", default="5m")
+    sp.add_argument("--data", default="tinystories", help="tinystories (falls back to synth offline), synth, FILE")
+    sp.add_argument("--tokenizer", help="default: chosen for the device")
+    sp.add_argument("--out", default="runs/speedrun")
+    sp.add_argument("--device")
+    sp.add_argument("--seed", type=int, default=1337)
+    sp.add_argument("--no-progress", action="store_true")
+    for flag, typ in (("--n-layer", int), ("--n-head", int), ("--n-embd", int), ("--seq-len", int),
+                      ("--batch-size", int), ("--lr", float), ("--threads", int)):
+        sp.add_argument(flag, type=typ)
+    sp.add_argument("--compile", choices=["auto", "on", "off"])
+    sp.set_defaults(fn=cmd_speedrun)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except BudgetLMError as e:
+        print(f"budgetlm {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"budgetlm {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

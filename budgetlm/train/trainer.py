@@ -1,0 +1,257 @@
+"""The training loop: one step = accumulate micro-batches, clip, AdamW, with the learning
+rate read from the fraction of budget spent. Eval, checkpoints and a reserve for the final
+eval all live inside the budget, so a 5-minute run is five minutes end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from budgetlm.config import ModelConfig, RunInfo, TrainConfig, to_dict
+from budgetlm.data.loader import BatchLoader
+from budgetlm.data.prepare import data_tokenizer, load_meta
+from budgetlm.data.shards import load_split
+from budgetlm.device import autocast_ctx, pick_device, pick_dtype, set_threads, should_compile, synchronize
+from budgetlm.errors import BudgetLMError
+from budgetlm.eval.perplexity import evaluate
+from budgetlm.models import build_model
+from budgetlm.train.budget import Budget, lr_at, parse_budget
+from budgetlm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from budgetlm.train.progress import Progress
+
+# An extra loss term (distillation and the like): (step, frac, x, y, logits) -> loss or None.
+LossHook = Callable[[int, float, torch.Tensor, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; matrices decay, vectors (biases, norms) do not. Fused kernel on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
+
+
+@dataclass
+class Clock:
+    """Wall-clock seconds spent on this run, carried across resumes."""
+
+    before: float = 0.0  # seconds spent in earlier sessions (resume) or before training (speedrun)
+    start: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume: str | None = None,
+          loss_hook: LossHook | None = None, clock: Clock | None = None, reserve_s: float = 0.0,
+          stop_after_steps: int | None = None, log: Callable[[str], None] = print) -> RunInfo:
+    """Train under cfg.budget and return the run's summary (also written to OUT/summary.json).
+
+    reserve_s: seconds the caller needs after training (e.g. sampling), kept out of a time budget.
+    stop_after_steps: end early as if interrupted (the schedule still assumes the full budget).
+    """
+    budget = parse_budget(cfg.budget)
+    clock = clock or Clock()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    threads = set_threads(cfg.threads, device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    meta = load_meta(data_dir)
+    tokenizer = data_tokenizer(data_dir)
+    if model_cfg.vocab_size != tokenizer.vocab_size:
+        model_cfg.vocab_size = tokenizer.vocab_size  # the data decides the vocabulary
+    if cfg.seq_len > model_cfg.block_size:
+        model_cfg.block_size = cfg.seq_len
+    train_tokens = load_split(data_dir, "train")
+    val_tokens = load_split(data_dir, "val")
+    loader = BatchLoader(train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed)
+    micro_tokens = cfg.batch_size * cfg.seq_len
+    accum = max(1, (cfg.total_batch_tokens or micro_tokens) // micro_tokens)
+    if cfg.total_batch_tokens and cfg.total_batch_tokens % micro_tokens:
+        raise BudgetLMError(f"--total-batch {cfg.total_batch_tokens} is not a multiple of batch*seq = {micro_tokens}")
+
+    model = build_model(model_cfg).to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    step, tokens_seen, max_frac, losses = 0, 0, 0.0, []
+    if resume:
+        ckpt, ck_cfg, weights, ck_tok, state = load_checkpoint(resume)
+        if ck_cfg != model_cfg:
+            diff = [k for k, v in to_dict(ck_cfg).items() if to_dict(model_cfg)[k] != v]
+            raise BudgetLMError(f"--resume {ckpt}: checkpoint model config differs in {', '.join(diff)}")
+        if ck_tok.fingerprint() != tokenizer.fingerprint():
+            raise BudgetLMError(f"--resume {ckpt}: checkpoint tokenizer ({ck_tok.spec}) does not match "
+                                f"the data's tokenizer ({tokenizer.spec}) in {data_dir}")
+        if state is None:
+            raise BudgetLMError(f"--resume {ckpt}: no state.pt (weights-only checkpoint cannot resume)")
+        if state["budget"] != cfg.budget:
+            raise BudgetLMError(f"--resume {ckpt}: checkpoint was trained with --budget {state['budget']}, "
+                                f"this run asks for {cfg.budget}")
+        load_weights(model, weights, str(ckpt))
+        optimizer.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"])
+        step, tokens_seen, max_frac, losses = state["step"], state["tokens"], state["max_frac"], state["losses"]
+        clock.before += state["elapsed"]
+        _set_rng_state(state["rng"])
+        log(f"resumed from {ckpt} at step {step} ({tokens_seen:,} tokens, {state['elapsed']:.1f}s spent)")
+
+    n_params = model.num_params() if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
+    run_model = torch.compile(model) if should_compile(cfg.compile, device) else model
+    autocast = autocast_ctx(device, dtype)
+    token_bytes = tokenizer.token_bytes()
+    final_eval_tokens = cfg.final_eval_tokens or val_tokens.size
+    ckpt_root = out / "checkpoints"
+    metrics_f = open(out / "metrics.jsonl", "a")
+    flops_per_token = model.flops_per_token(cfg.seq_len) if hasattr(model, "flops_per_token") else 6 * n_params
+
+    def write_metrics(rec: dict[str, Any]) -> None:
+        metrics_f.write(json.dumps(rec) + "\n")
+        metrics_f.flush()
+
+    def checkpoint() -> float:
+        t = time.perf_counter()
+        state = {"optimizer": optimizer.state_dict(), "loader": loader.state_dict(), "step": step,
+                 "tokens": tokens_seen, "max_frac": max_frac, "losses": losses, "elapsed": clock.elapsed(),
+                 "rng": _rng_state(), "budget": cfg.budget, "train_config": to_dict(cfg)}
+        save_checkpoint(ckpt_root, step, model, model_cfg, tokenizer, state)
+        return time.perf_counter() - t
+
+    def run_eval(max_tokens: int) -> dict[str, float]:
+        return evaluate(run_model, val_tokens, token_bytes, cfg.seq_len, cfg.batch_size, device,
+                        max_tokens=max_tokens, autocast=autocast)
+
+    log(f"model: {n_params:,} params ({model_cfg.n_layer} layers, {model_cfg.n_embd} wide, {model_cfg.n_head} heads, "
+        f"vocab {model_cfg.vocab_size}) | device {device.type} {str(dtype).replace('torch.', '')} | threads {threads} "
+        f"| compile {'on' if run_model is not model else 'off'} | batch {cfg.batch_size}x{cfg.seq_len}x{accum} "
+        f"| budget {budget} | data {meta['train_tokens']:,} train tokens")
+
+    # Reserve for the final eval + checkpoint, re-estimated from the measured speed as we go.
+    reserve = reserve_s + 1.0
+    eval_speed = None  # tokens/s of forward-only passes, measured at the first periodic eval
+    progress = Progress(budget, enabled=cfg.progress)
+    tok_rate = 0.0
+    train_start = clock.elapsed()
+    session_tokens, session_start = 0, time.perf_counter()
+    interrupted = False
+    model.train()
+    try:
+        while True:
+            elapsed = clock.elapsed()
+            if budget.kind == "time":
+                frac = elapsed / max(budget.amount - reserve, 1e-9)
+            else:
+                frac = budget.fraction(elapsed, tokens_seen, step)
+            max_frac = max(max_frac, frac)  # monotone even when the reserve estimate moves
+            if max_frac >= 1.0 or (stop_after_steps is not None and step >= stop_after_steps):
+                break
+            lr = lr_at(max_frac, cfg.lr, cfg.schedule, cfg.warmup_frac, cfg.min_lr_frac)
+            if cfg.warmup_steps is not None:  # an explicit warmup in steps overrides the fraction
+                lr = lr_at(max_frac, cfg.lr, cfg.schedule, 0.0, cfg.min_lr_frac) * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            loss_sum = 0.0
+            for _ in range(accum):
+                x, y = loader.next_batch()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast:
+                    logits, loss = run_model(x, y)
+                    if loss_hook is not None:
+                        extra = loss_hook(step, max_frac, x, y, logits)
+                        if extra is not None:
+                            loss = extra
+                (loss / accum).backward()
+                loss_sum += loss.item() / accum
+            if not math.isfinite(loss_sum):
+                raise BudgetLMError(f"training diverged at step {step} (loss {loss_sum}); try a lower --lr")
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += accum * micro_tokens
+            session_tokens += accum * micro_tokens
+            losses.append(loss_sum)
+            tok_rate = session_tokens / max(time.perf_counter() - session_start, 1e-9)
+            if eval_speed is None:  # forward-only is ~3x a training step; assume 2x until measured
+                reserve = reserve_s + 1.0 + final_eval_tokens / max(2 * tok_rate, 1.0)
+            progress.update(max_frac, step, loss_sum, tok_rate, lr)
+            if step % cfg.log_every == 0 or step == 1:
+                rec = {"step": step, "tokens": tokens_seen, "loss": loss_sum, "lr": lr, "frac": max_frac,
+                       "tok_per_s": tok_rate, "elapsed": clock.elapsed(), "epoch": loader.epoch,
+                       "mfu_flops": tok_rate * flops_per_token}
+                if norm is not None:
+                    rec["grad_norm"] = float(norm)
+                write_metrics(rec)
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                t = time.perf_counter()
+                ev = run_eval(cfg.eval_tokens)
+                dt = time.perf_counter() - t
+                eval_speed = ev["val_tokens"] / dt
+                reserve = reserve_s + 1.0 + final_eval_tokens / eval_speed
+                write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), **ev})
+                progress.note(f"step {step}: val loss {ev['val_loss']:.4f} bpb {ev['val_bpb']:.4f}")
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                checkpoint()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+
+    train_seconds = clock.elapsed() - train_start
+    if interrupted:
+        checkpoint()
+        metrics_f.close()
+        raise BudgetLMError(f"interrupted at step {step}; checkpoint saved; continue with --resume {out}")
+    if step == 0 and stop_after_steps != 0:
+        raise BudgetLMError(f"--budget {cfg.budget}: too small to take one training step "
+                            f"(reserve for the final eval is {reserve:.1f}s)")
+    t = time.perf_counter()
+    synchronize(device)
+    ev = run_eval(final_eval_tokens)
+    eval_seconds = time.perf_counter() - t
+    ckpt_seconds = checkpoint()
+    info = RunInfo(params=n_params, steps=step, tokens_seen=tokens_seen,
+                   tokens_per_s=tok_rate, train_seconds=train_seconds,
+                   val_loss=ev["val_loss"], val_ppl=ev["val_ppl"], val_bpb=ev["val_bpb"])
+    info.extra = {"budget": str(budget), "elapsed": clock.elapsed(), "eval_seconds": eval_seconds,
+                  "checkpoint_seconds": ckpt_seconds, "val_tokens": ev["val_tokens"], "epochs": loader.epoch,
+                  "device": device.type, "dtype": str(dtype).replace("torch.", ""), "threads": threads,
+                  "compile": run_model is not model, "accum": accum, "losses": losses,
+                  "flops_per_token": flops_per_token, "model": to_dict(model_cfg), "train": to_dict(cfg),
+                  "data": meta}
+    write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), "final": True, **ev})
+    metrics_f.close()
+    summary = {k: v for k, v in to_dict(info).items() if k != "extra"}
+    summary.update({k: v for k, v in info.extra.items() if k != "losses"})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    log(f"trained {step} steps, {tokens_seen:,} tokens in {train_seconds:.1f}s ({tok_rate:,.0f} tok/s); "
+        f"final eval {eval_seconds:.1f}s + checkpoint {ckpt_seconds:.1f}s; total {clock.elapsed():.1f}s of budget {budget}")
+    return info
