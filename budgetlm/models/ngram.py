@@ -253,24 +253,25 @@ class KneserNeyLM:
     def log_prob(self, tokens: np.ndarray) -> np.ndarray:
         """Natural-log probability of tokens[i] given tokens[:i] (truncated to order-1), float64.
 
-        Only the needed entries are looked up (searchsorted per order), no dense rows.
+        Only the needed entries are looked up, one searchsorted per order: the n-gram
+        found ending at position i-1 is the order-(n+1) context of position i.
         """
         tok = _check_tokens(tokens, self.vocab_size, "tokens")
-        h, V = self.order - 1, self.vocab_size
+        V = self.vocab_size
         p = self._p1[tok]
-        if h == 0:
-            return np.log(p)
-        padded = np.concatenate([np.full(h, -1, np.int64), tok])
-        hist = np.lib.stride_tricks.sliding_window_view(padded, h)[: tok.size]
-        for n, cid in enumerate(self._context_ids(hist), start=2):
+        if tok.size == 0:
+            return p
+        cid = np.concatenate([[-1], tok[:-1]])  # order-2 context: the previous token
+        for n in range(2, self.order + 1):
             seen, gamma = self._ctx_stats(n, cid)
             keys = self._keys[n - 1]
             if keys.size == 0:  # corpus shorter than n: every context unseen
-                continue
+                break
             key = cid * V + tok
             pos = np.minimum(np.searchsorted(keys, key), keys.size - 1)
-            hit = seen & (keys[pos] == key)
-            p = np.where(hit, self._val[n - 1][pos], 0.0) + gamma * p  # (c-D)/c(h) + gamma p_{n-1}
+            member = (cid >= 0) & (keys[pos] == key)  # n-gram exists (its count may be 0)
+            p = np.where(member, self._val[n - 1][pos], 0.0) + gamma * p  # (c-D)/c(h) + gamma p_{n-1}
+            cid = np.concatenate([[-1], np.where(member, pos, -1)[:-1]])
         return np.log(p)
 
     def sample(self, n_tokens: int, prompt: list[int] | None = None,
@@ -313,7 +314,7 @@ class KneserNeyLM:
                 data = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise BudgetLMError(f"{path}: cannot read an n-gram model file ({e})") from e
-        if not isinstance(data, dict) or str(data.get("kind", "")) != _KIND:
+        if str(data.get("kind", "")) != _KIND:
             raise BudgetLMError(f"{path}: not a KneserNeyLM file (missing or wrong 'kind' field)")
         try:
             order, V = int(data["order"]), int(data["vocab_size"])
@@ -325,7 +326,8 @@ class KneserNeyLM:
                 if k.ndim != 1 or k.shape != c.shape or np.any(np.diff(k) <= 0) or np.any(c < 0):
                     raise ValueError("an n-gram table is not sorted and unique, or has negative counts")
             for n in range(2, order + 1):  # each context id must exist one order down
-                if keys[n - 1].size and not 0 <= keys[n - 1][0] // V <= keys[n - 1][-1] // V < keys[n - 2].size:
+                ctx = keys[n - 1] // V
+                if ctx.size and not 0 <= ctx[0] <= ctx[-1] < keys[n - 2].size:
                     raise ValueError(f"order-{n} table refers to unknown contexts")
             if not np.array_equal(keys[0], np.arange(V)):
                 raise ValueError("unigram table must list every token id")
