@@ -3,6 +3,7 @@ and the same numbers in machine-readable files beside them."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -62,10 +63,9 @@ def summary_table(info: RunInfo, title: str = "budgetlm run") -> str:
             ("val perplexity", f"{info.val_ppl:.3f}"), ("val bits/byte", f"{info.val_bpb:.4f}")]
     for k, v in rows:
         t.add_row(k, v)
-    console = Console(record=True, width=60)
-    with console.capture():
-        console.print(t)
-    return console.export_text()
+    console = Console(file=io.StringIO(), width=60)
+    console.print(t)
+    return console.file.getvalue()
 
 
 def finish_run(out_dir: str | Path, info: RunInfo, prompts: tuple[str, ...], sample_tokens: int, seed: int,

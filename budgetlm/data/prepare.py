@@ -107,9 +107,9 @@ def prepare(src: str, tokenizer: str, out_dir: str | Path, max_tokens: int | Non
     n_docs = n_tok = 0
     stream = itertools.chain(first, train_docs)
     writer = None if held_out else ShardWriter(out, "train", tok.vocab_size, shard_tokens)
-    doc_sizes: list[int] = []
+    batch_docs = 64
     while target is None or n_tok < target:
-        batch = list(itertools.islice(stream, BATCH_DOCS))
+        batch = list(itertools.islice(stream, batch_docs))
         if not batch:
             break
         enc = _encode_docs(tok, batch)
@@ -119,7 +119,9 @@ def prepare(src: str, tokenizer: str, out_dir: str | Path, max_tokens: int | Non
             writer.add(enc)
         else:
             chunks.append(enc)
-            doc_sizes.extend(len(d) for d in batch)
+        # Size the next batch to what is still missing, so a small target reads little text.
+        missing = (target - n_tok) if target is not None else BATCH_DOCS * n_tok
+        batch_docs = int(min(BATCH_DOCS, max(16, missing / max(n_tok / n_docs, 1) * 1.1 + 1)))
 
     if held_out:
         allt = np.concatenate(chunks)
@@ -134,7 +136,9 @@ def prepare(src: str, tokenizer: str, out_dir: str | Path, max_tokens: int | Non
         writer.add(train_tokens)
         val_docs = n_val_docs
     else:
-        val_tokens = _encode_docs(tok, _take_chars(source.val(), val_max_tokens * 8))[:val_max_tokens]
+        # A capped run needs a validation split in proportion, not the source's whole one.
+        val_cap = val_max_tokens if max_tokens is None else min(val_max_tokens, max(20_000, max_tokens // 10))
+        val_tokens = _encode_docs(tok, _take_chars(source.val(), val_cap * 6))[:val_cap]
         val_docs = int((val_tokens == tok.eot_id).sum())
     writer.close()
     write_shard(out / "val_000000.bin", val_tokens, tok.vocab_size)
@@ -143,7 +147,7 @@ def prepare(src: str, tokenizer: str, out_dir: str | Path, max_tokens: int | Non
     meta = {
         "source": src, "tokenizer": tok.spec, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
         "train_tokens": int(writer.total), "val_tokens": int(val_tokens.size), "train_shards": writer.count,
-        "docs_read": n_docs, "val_docs": val_docs,
+        "docs_read": n_docs, "val_docs": val_docs, "lowercase": all(d == d.lower() for d in first[:1000]),
         "val_split": f"last {val_frac:.0%} of documents read" if held_out else "the source's validation split",
         "max_tokens": max_tokens, "seed": seed, "tokenizer_seconds": round(t_tok, 2),
         "seconds": round(time.perf_counter() - t0, 2),

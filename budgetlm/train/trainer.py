@@ -200,8 +200,17 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
             session_tokens += accum * micro_tokens
             losses.append(loss_sum)
             tok_rate = session_tokens / max(time.perf_counter() - session_start, 1e-9)
-            if eval_speed is None:  # forward-only is ~3x a training step; assume 2x until measured
-                reserve = reserve_s + 1.0 + final_eval_tokens / max(2 * tok_rate, 1.0)
+            if eval_speed is None and step == 3:  # time one eval batch once warm, to size the final eval
+                t = time.perf_counter()
+                ev = run_eval(cfg.batch_size * cfg.seq_len)
+                eval_speed = ev["val_tokens"] / (time.perf_counter() - t)
+                if budget.kind == "time" and final_eval_tokens / eval_speed > 0.1 * budget.amount:
+                    # Keep the final eval within a tenth of a time budget; score fewer tokens instead.
+                    final_eval_tokens = max(micro_tokens, int(0.1 * budget.amount * eval_speed))
+                    log(f"note: final eval limited to {final_eval_tokens:,} validation tokens to fit the budget")
+                reserve = reserve_s + 1.0 + 1.1 * final_eval_tokens / eval_speed
+            elif eval_speed is None:  # forward-only is ~3x a training step; assume 2x until measured
+                reserve = reserve_s + 1.0 + min(final_eval_tokens / max(2 * tok_rate, 1.0), 0.1 * budget.amount)
             progress.update(max_frac, step, loss_sum, tok_rate, lr)
             if step % cfg.log_every == 0 or step == 1:
                 rec = {"step": step, "tokens": tokens_seen, "loss": loss_sum, "lr": lr, "frac": max_frac,
@@ -215,7 +224,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
                 ev = run_eval(cfg.eval_tokens)
                 dt = time.perf_counter() - t
                 eval_speed = ev["val_tokens"] / dt
-                reserve = reserve_s + 1.0 + final_eval_tokens / eval_speed
+                reserve = reserve_s + 1.0 + 1.1 * final_eval_tokens / eval_speed
                 write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), **ev})
                 progress.note(f"step {step}: val loss {ev['val_loss']:.4f} bpb {ev['val_bpb']:.4f}")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:

@@ -1,0 +1,221 @@
+"""How many parameters a shape has and how much accelerator memory one training step needs.
+
+Parameter counts come from building the real model on the `meta` device (no storage, exact
+numel), so the planner never drifts from budgetlm.models. The memory model follows what our
+trainer actually keeps alive under PyTorch AMP (fp32 parameters, bf16 autocast, AdamW), so
+that it can be checked against torch.cuda.max_memory_allocated (benchmarks/plan_check.py):
+
+  weights    4 B/param   fp32 parameters (AMP keeps the master copy *as* the parameters)
+  grads      4 B/param   fp32 .grad (kept across micro-batches when accumulating)
+  optimizer  8 B/param   AdamW exp_avg + exp_avg_sq, fp32
+             = 16 B/param in total; zero1 shards the optimizer over N GPUs, fsdp all three.
+  weight_copies          bf16 casts of every matmul weight that autocast makes in the forward
+                         and autograd keeps for the backward (2 B per matmul param); under fsdp
+                         only the two layers being gathered are resident
+  activations            saved tensors per layer per token (see layer_activation_bytes), times
+                         B*T*L; with full recompute only each layer's fp32 input is kept, plus
+                         one layer's full set while it is recomputed in the backward
+  logits                 B*T*V elements: bf16 logits (held by the trainer), fp32 log-softmax
+                         (saved by cross-entropy) and the fp32 gradient pair at the start of the
+                         backward: 2+4+4+4 = 14 B/element (16 in fp32). Eager upper bound: a
+                         compiled or fused cross-entropy needs less.
+  overhead               fixed CUDA context, cuBLAS workspace and allocator slack; not part of
+                         max_memory_allocated, but part of what must fit on the card
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from budgetlm.config import ModelConfig
+from budgetlm.errors import BudgetLMError
+from budgetlm.models import build_model
+
+GB = 1e9
+OVERHEAD_BYTES = 1.0 * GB  # CUDA context (~0.5 GB) + workspaces and fragmentation; see module docstring
+SHARDINGS = ("none", "zero1", "fsdp")
+_STATS: dict[tuple, dict[str, float]] = {}
+
+
+def _stats(cfg: ModelConfig) -> dict[str, float]:
+    """Exact counts from a meta-device build (cached): total params, matmul params, per-layer params."""
+    key = tuple(dataclasses.astuple(cfg))
+    if key not in _STATS:
+        with torch.device("meta"):
+            model = build_model(cfg)
+        matmul = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)}
+        layer = sum(p.numel() for p in model.blocks[0].parameters()) if hasattr(model, "blocks") else 0
+        _STATS[key] = {"params": float(model.num_params()), "matmul": float(sum(matmul.values())),
+                       "layer": float(layer), "fpt_base": float(model.flops_per_token(0)),
+                       "fpt_per_seq": float(model.flops_per_token(1) - model.flops_per_token(0))}
+    return _STATS[key]
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Exact parameter count (tied embeddings once), from the real module built on `meta`."""
+    return int(_stats(cfg)["params"])
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """GPT.flops_per_token(seq_len) without allocating the model: 6N + attention."""
+    s = _stats(cfg)
+    return s["fpt_base"] + s["fpt_per_seq"] * seq_len
+
+
+def _act_bytes(dtype: str) -> tuple[int, int]:
+    """(a, r): bytes of a matmul activation and of the residual stream. AMP: bf16 matmuls, fp32
+    residual (the embeddings are fp32 parameters, and bf16 + fp32 adds to fp32)."""
+    if dtype in ("bfloat16", "bf16"):
+        return 2, 4
+    if dtype in ("float32", "fp32"):
+        return 4, 4
+    raise BudgetLMError(f"--dtype: unknown {dtype!r} (use bfloat16 or float32)")
+
+
+def layer_activation_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "bfloat16",
+                           attention: str = "flash") -> dict[str, float]:
+    """Bytes autograd saves per token in one block, by source. Follows transformer.Block:
+
+    attention: norm1 input (r*d) + its output cast for qkv (a*d) + qkv output (q, k, v views
+    saved by SDPA) + rotated q, k if rope (new tensors) + repeated k, v if GQA + SDPA output and
+    fp32 log-sum-exp + the reshaped copy fed to proj (a*d). `flash`/efficient SDPA stores no
+    T x T scores; `math` attention adds scores and probabilities, 2*a*n_head*T per token.
+    mlp: norm2 input (r*d) + cast (a*d) + up output + activation output (+ gate product for swiglu).
+    """
+    a, r = _act_bytes(dtype)
+    d, H, K, hd, h = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.hidden
+    rope, gqa = cfg.pos == "rope", K != H
+    attn = r * d + a * d + a * (H + 2 * K) * hd + 8  # + norm mean/rstd
+    attn += a * H * hd if rope else 0  # rotated q
+    attn += 2 * a * H * hd if gqa else (a * K * hd if rope else 0)  # repeated k, v / rotated k
+    attn += a * d + 4 * H + a * d  # SDPA out + lse, proj input copy
+    if attention == "math":
+        attn += 2 * a * H * seq_len
+    elif attention != "flash":
+        raise BudgetLMError(f"attention must be flash or math, got {attention!r}")
+    mlp = r * d + a * d + 8
+    mlp += a * 2 * h + a * h + a * h if cfg.mlp == "swiglu" else a * h + a * h
+    return {"attention": float(attn), "mlp": float(mlp), "total": float(attn + mlp)}
+
+
+def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str = "bfloat16",
+                    sharding: str = "none", n_gpus: int = 1, recompute: bool = False,
+                    attention: str = "flash") -> dict[str, float]:
+    """Peak bytes per GPU for one training step, by part (see the module docstring).
+
+    Keys: weights, grads, optimizer, weight_copies, activations, logits, overhead,
+    allocated (all but overhead: comparable to torch.cuda.max_memory_allocated) and total.
+    """
+    if sharding not in SHARDINGS:
+        raise BudgetLMError(f"--sharding must be one of {', '.join(SHARDINGS)}, got {sharding!r}")
+    if n_gpus < 1 or micro_batch < 0 or seq_len < 1:
+        raise BudgetLMError(f"--gpus/micro-batch/--seq-len must be positive (got {n_gpus}, {micro_batch}, {seq_len})")
+    s = _stats(cfg)
+    a, r = _act_bytes(dtype)
+    P = s["params"]
+    n_w = n_gpus if sharding == "fsdp" else 1
+    n_o = n_gpus if sharding in ("zero1", "fsdp") else 1
+    out = {"weights": 4 * P / n_w, "grads": 4 * P / n_w, "optimizer": 8 * P / n_o}
+    copies = 2 * s["matmul"] if a == 2 else 0.0
+    if sharding == "fsdp" and n_gpus > 1:  # two gathered layers (current + prefetch), fp32 + bf16 cast
+        copies = 2 * s["layer"] * (4 + (2 if a == 2 else 0))
+    out["weight_copies"] = copies
+    tokens = micro_batch * seq_len
+    per_layer = layer_activation_bytes(cfg, seq_len, dtype, attention)["total"]
+    head = r * cfg.n_embd + r * cfg.n_embd + a * cfg.n_embd  # embedding output, norm_f input + cast
+    if recompute:  # keep each block's input; rebuild one block's saved tensors during its backward
+        out["activations"] = tokens * (cfg.n_layer * r * cfg.n_embd + per_layer + head)
+    else:
+        out["activations"] = tokens * (cfg.n_layer * per_layer + head)
+    out["logits"] = tokens * cfg.vocab_size * (a + 12.0)
+    out["overhead"] = OVERHEAD_BYTES
+    out["allocated"] = sum(v for k, v in out.items() if k != "overhead")
+    out["total"] = out["allocated"] + OVERHEAD_BYTES
+    return out
+
+
+def pick_micro_batch(cfg: ModelConfig, seq_len: int, mem_bytes: float, dtype: str = "bfloat16",
+                     sharding: str = "none", n_gpus: int = 1, recompute: bool = False,
+                     max_micro: int = 64, headroom: float = 0.10) -> int:
+    """Largest power of two whose estimate fits in (1 - headroom) of memory; 0 if not even 1 fits.
+    Headroom covers what the model leaves out (fragmentation, compile workspaces, temporaries)."""
+    best, b = 0, 1
+    while b <= max_micro:
+        est = memory_estimate(cfg, b, seq_len, dtype, sharding, n_gpus, recompute)["total"]
+        if est > (1 - headroom) * mem_bytes:
+            break
+        best, b = b, b * 2
+    return best
+
+
+def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch.device, steps: int | None,
+                 seconds: float | None, dtype: torch.dtype, compile: bool = False) -> dict[str, Any]:
+    """Real AdamW steps on random tokens, as the trainer takes them (fp32 params, autocast,
+    logits held through the backward, clip, step, zero_grad(set_to_none))."""
+    from contextlib import nullcontext
+
+    cfg = dataclasses.replace(cfg, block_size=max(cfg.block_size, seq_len))
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    run = torch.compile(model) if compile else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                            **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    x = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), device=device)
+    y = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step() -> float:
+        t = time.perf_counter()
+        with ctx:
+            logits, loss = run(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        del logits, loss
+        sync()
+        return time.perf_counter() - t
+
+    first = step()  # warm-up: optimizer state, kernels, compile
+    times: list[float] = []
+    t0 = time.perf_counter()
+    while (steps is not None and len(times) < steps) or (seconds is not None and time.perf_counter() - t0 < seconds):
+        times.append(step())
+    step_s = statistics.median(times) if times else first
+    return {"first_step_s": first, "step_s": step_s, "steps": len(times),
+            "tokens_per_s": micro_batch * seq_len / step_s, "params": count_params(cfg)}
+
+
+def measure_throughput(cfg: ModelConfig, micro_batch: int, seq_len: int, seconds: float = 3.0,
+                       device: torch.device | None = None) -> dict[str, Any]:
+    """Tokens/s of real training steps on this machine's device for about `seconds` (after one
+    warm-up step), so --measure can put a measured number beside the estimate."""
+    from budgetlm.hardware import local_device
+    dev = device or local_device()[0]
+    dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return _train_steps(cfg, micro_batch, seq_len, dev, None, seconds, dtype)
+
+
+def measure_peak_memory(cfg: ModelConfig, micro_batch: int, seq_len: int, steps: int = 3,
+                        compile: bool = False) -> dict[str, Any]:
+    """Run `steps` real steps on CUDA (bf16 autocast, fused AdamW, fp32 params) and return
+    torch.cuda.max_memory_allocated with timings, to check memory_estimate()['allocated']."""
+    if not torch.cuda.is_available():
+        raise BudgetLMError("measure_peak_memory needs a CUDA device")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    res = _train_steps(cfg, micro_batch, seq_len, torch.device("cuda"), steps, None, torch.bfloat16, compile)
+    res.update({"max_allocated": torch.cuda.max_memory_allocated() - base,
+                "max_reserved": torch.cuda.max_memory_reserved(), "device": torch.cuda.get_device_name()})
+    torch.cuda.empty_cache()
+    return res

@@ -1,0 +1,484 @@
+"""`budgetlm plan`: what a budget of GPUs, hours and tokens buys, before spending it.
+
+For a ladder of model shapes it computes exact parameter counts (meta-device builds), the
+memory one training step needs per GPU (budgetlm.memory), the largest micro-batch that fits,
+tokens/s from peak FLOP/s x an MFU assumption (budgetlm.hardware), how many tokens the time
+buys and how many epochs of the data that is. It then recommends one shape for a goal:
+
+  compute-optimal   Chinchilla (Hoffmann et al. 2022): for compute C = 6ND the loss is lowest
+                    near D = 20 N, so pick the shape whose tokens-in-budget / params is nearest 20.
+  inference-optimal A model is trained once and served many times, so a smaller model trained on
+                    more tokens (over-trained) is cheaper to serve. Over-training is limited by
+                    the data (repeating more than ~4 epochs stops helping, Muennighoff et al. 2023)
+                    and by quality: pick the smallest shape that uses the whole time within the
+                    epoch limit and whose Chinchilla-fit loss is within `loss_tolerance` of the best.
+  fixed-params      the shape nearest to --params, trained for as many tokens as time allows.
+
+and writes a TOML config that `budgetlm train --config plan.toml --data DIR` runs as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from budgetlm.config import MODEL_PRESETS, ModelConfig, model_config
+from budgetlm.errors import BudgetLMError
+from budgetlm.hardware import GPUSpec, get_gpu, local_device, measure_cpu_tflops, peak_flops
+from budgetlm.memory import (GB, SHARDINGS, count_params, flops_per_token, layer_activation_bytes,
+                             measure_peak_memory, measure_throughput, memory_estimate, pick_micro_batch)
+from budgetlm.train.budget import parse_budget
+
+__all__ = ["count_params", "memory_estimate", "measure_peak_memory", "peak_flops", "estimate", "make_plan",
+           "write_config", "register", "Plan", "Candidate", "ladder", "chinchilla_loss"]
+
+GOALS = ("compute-optimal", "inference-optimal", "fixed-params")
+FAMILIES = {"gpt2": {"vocab_size": 50257},  # GPT-2 BPE; the data's tokenizer decides at train time
+            "llama": {"vocab_size": 32000, "mlp": "swiglu", "norm": "rmsnorm", "pos": "rope", "bias": False,
+                      "tie_embeddings": False}}
+# (label, n_layer, n_embd, n_head, n_kv_head, mlp_hidden): tiny to multi-billion.
+# gpt2-48x2560 is the hand answer's "3B"; with 48 layers it has ~3.9B params (GPT-3 2.7B has 32).
+LADDERS: dict[str, list[tuple[str, int, int, int, int | None, int | None]]] = {
+    "gpt2": [("gpt2-4x256", 4, 256, 4, None, None), ("gpt2-6x384", 6, 384, 6, None, None),
+             ("gpt2-8x512", 8, 512, 8, None, None), ("gpt2-124m", 12, 768, 12, None, None),
+             ("gpt2-350m", 24, 1024, 16, None, None), ("gpt2-774m", 36, 1280, 20, None, None),
+             ("gpt2-1.5b", 48, 1600, 25, None, None), ("gpt2-48x2560", 48, 2560, 32, None, None),
+             ("gpt2-32x4096", 32, 4096, 32, None, None)],
+    "llama": [("llama-4x256", 4, 256, 4, None, None), ("llama-6x384", 6, 384, 6, None, None),
+              ("llama-8x512", 8, 512, 8, None, None), ("llama-12x768", 12, 768, 12, None, None),
+              ("llama-24x1024", 24, 1024, 16, None, None), ("llama-36x1280", 36, 1280, 20, None, None),
+              ("tinyllama-1.1b", 22, 2048, 32, 4, 5632), ("llama-48x1600", 48, 1600, 25, None, None),
+              ("llama-48x2560", 48, 2560, 32, None, None), ("llama2-7b", 32, 4096, 32, None, 11008)],
+}
+CHINCHILLA_TOKENS_PER_PARAM = 20.0
+MAX_EPOCHS = 4.0  # Muennighoff et al. 2023: up to ~4 epochs is almost as good as fresh data
+
+
+def ladder(family: str = "gpt2", seq_len: int = 1024, vocab_size: int | None = None) -> list[tuple[str, ModelConfig]]:
+    """The candidate shapes of a family, with block_size = seq_len."""
+    if family not in LADDERS:
+        raise BudgetLMError(f"--family must be one of {', '.join(LADDERS)}, got {family!r}")
+    base = dict(FAMILIES[family], block_size=seq_len)
+    if vocab_size:
+        base["vocab_size"] = vocab_size
+    return [(name, ModelConfig(n_layer=L, n_embd=d, n_head=H, n_kv_head=kv, mlp_hidden=h, **base))
+            for name, L, d, H, kv, h in LADDERS[family]]
+
+
+def parse_count(text: str | float | int | None, flag: str) -> float | None:
+    """'14.6B', '500M', '2e9', '1,000,000' -> float; errors name the flag."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else float(text)
+    m = re.fullmatch(r"([\d.]+(?:e[+-]?\d+)?)\s*([kmbt]?)", str(text).strip().lower().replace(",", "").replace("_", ""))
+    try:
+        value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2)] if m else None
+    except ValueError:
+        value = None
+    if value is None or not value > 0 or math.isinf(value):
+        raise BudgetLMError(f"{flag}: expected a positive count like 14.6B, 500M or 2e9, got {text!r}")
+    return value
+
+
+def parse_time(text: str | float | int) -> float:
+    """Seconds from '24h', '90m', '1h30m' or a number of seconds; errors name --time."""
+    if isinstance(text, (int, float)):
+        if text <= 0:
+            raise BudgetLMError(f"--time must be positive, got {text}")
+        return float(text)
+    try:
+        b = parse_budget(text)
+    except BudgetLMError:
+        b = None
+    if b is None or b.kind != "time":
+        raise BudgetLMError(f"--time: expected a duration like 24h, 90m or 1h30m, got {text!r}")
+    return b.amount
+
+
+def chinchilla_loss(params: float, tokens: float, unique_tokens: float | None = None) -> float:
+    """Hoffmann et al. 2022 fit L = E + A/N^a + B/D^b (Approach 3), with repeated data discounted as
+    Muennighoff et al. 2023: D' = U + U*R*(1 - exp(-R/R*)), R = epochs - 1, R* = 15.4.
+    Only differences between candidates mean anything: the fit is for another tokenizer and data."""
+    d = tokens
+    if unique_tokens and tokens > unique_tokens:
+        r, r_star = tokens / unique_tokens - 1, 15.4
+        d = unique_tokens * (1 + r_star * (1 - math.exp(-r / r_star)))
+    return 1.69 + 406.4 / params ** 0.34 + 410.7 / d ** 0.28
+
+
+def lr_for(params: float) -> float:
+    """Peak AdamW lr by size, log-log between anchors: ~2e-3 tiny (10M), 6e-4 at 124M (GPT-2/GPT-3
+    small), 3e-4 at 3B and above (Llama 2 7B used 3e-4). Bigger models need smaller steps."""
+    anchors = [(1e7, 2e-3), (1.24e8, 6e-4), (3e9, 3e-4)]
+    if params <= anchors[0][0]:
+        return anchors[0][1]
+    for (n0, l0), (n1, l1) in zip(anchors, anchors[1:]):
+        if params <= n1:
+            t = math.log(params / n0) / math.log(n1 / n0)
+            return float(f"{math.exp(math.log(l0) + t * math.log(l1 / l0)):.2g}")
+    return anchors[-1][1]
+
+
+def total_batch_for(params: float) -> int:
+    """Tokens per optimizer step by size (GPT-3 table: 0.5M up to 760M, 1M to 2.7B, 2M at 6.7B;
+    Llama 2: 4M). Small models learn faster per token with smaller batches."""
+    for limit, tokens in ((2e7, 2 ** 16), (1e8, 2 ** 17), (1e9, 2 ** 19), (2e9, 2 ** 20), (5e9, 2 ** 21)):
+        if params < limit:
+            return tokens
+    return 2 ** 22
+
+
+@dataclass
+class Candidate:
+    """One shape under the budget: size, memory, speed, and what the time buys."""
+
+    name: str
+    cfg: ModelConfig
+    params: int
+    flops_per_token: float  # training FLOPs/token, recompute included
+    micro_batch: int  # 0 = not even one sequence fits
+    memory: dict[str, float]  # at micro_batch (or 1 if nothing fits), with the plan's recompute
+    memory_other: dict[str, float]  # same, recompute flipped: the with/without comparison
+    tokens_per_s: float
+    tokens_in_time: float
+    epochs: float | None
+    loss: float
+
+    @property
+    def fits(self) -> bool:
+        return self.micro_batch > 0
+
+    @property
+    def tokens_per_param(self) -> float:
+        return self.tokens_in_time / self.params
+
+
+def estimate(cfg: ModelConfig, gpu: GPUSpec, n_gpus: int = 1, seq_len: int = 1024, mfu: float = 0.40,
+             time_s: float = 86400.0, data_tokens: float | None = None, sharding: str = "none",
+             recompute: bool = False, name: str = "", max_micro: int = 64) -> Candidate:
+    """Memory, micro-batch, tokens/s = gpus * peak * MFU / (FLOPs/token), and tokens in time_s."""
+    dtype = "bfloat16" if gpu.bf16 else "float32"
+    micro = pick_micro_batch(cfg, seq_len, gpu.mem_bytes, dtype, sharding, n_gpus, recompute, max_micro)
+    mem = memory_estimate(cfg, max(micro, 1), seq_len, dtype, sharding, n_gpus, recompute)
+    other = memory_estimate(cfg, max(micro, 1), seq_len, dtype, sharding, n_gpus, not recompute)
+    fpt = flops_per_token(cfg, seq_len) * (4 / 3 if recompute else 1)  # recompute = one more forward
+    tps = n_gpus * gpu.peak_flops * mfu / fpt
+    tokens = tps * time_s
+    params = count_params(cfg)
+    return Candidate(name or f"{cfg.n_layer}x{cfg.n_embd}", cfg, params, fpt, micro, mem, other, tps, tokens,
+                     tokens / data_tokens if data_tokens else None, chinchilla_loss(params, tokens, data_tokens))
+
+
+@dataclass
+class Plan:
+    """A recommendation and everything it was derived from."""
+
+    gpu: GPUSpec
+    n_gpus: int
+    goal: str
+    family: str
+    seq_len: int
+    mfu: float
+    time_s: float
+    time_text: str
+    data_tokens: float | None
+    sharding: str
+    recompute: bool
+    candidates: list[Candidate]
+    choice: Candidate
+    picks: dict[str, Candidate]  # what each goal would pick, to compare
+    train: dict[str, Any]
+    steps: int
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    data_dir: str | None = None
+
+
+def _pick(goal: str, cands: list[Candidate], params: float | None, max_epochs: float, tol: float) -> tuple[Candidate, list[str]]:
+    """The candidate a goal recommends, and why. `cands` are the fitting ones, smallest first."""
+    log20 = lambda c: abs(math.log(c.tokens_per_param / CHINCHILLA_TOKENS_PER_PARAM))  # noqa: E731
+    ok_data = [c for c in cands if c.epochs is None or c.epochs <= max_epochs]
+    if goal == "fixed-params":
+        c = min(cands, key=lambda c: abs(math.log(c.params / params)))
+        return c, [f"--params {params:,.0f}: nearest fitting shape is {c.name} ({c.params:,} params)"]
+    if goal == "compute-optimal":
+        c = min(cands, key=log20)
+        why = [f"Chinchilla: D ~ 20 N; {c.name} gets {c.tokens_per_param:.1f} tokens/param in the budget, "
+               f"the nearest to 20 on the ladder"]
+        if c.epochs is not None and c.epochs > max_epochs:
+            bigger = [b for b in ok_data if b.params > c.params]
+            if bigger:
+                why.append(f"but that is {c.epochs:.1f} epochs of the data (> {max_epochs:g}); with too little "
+                           f"unique data a bigger model is better (Muennighoff et al.): {bigger[0].name}")
+                c = bigger[0]
+        return c, why
+    pool = ok_data or cands
+    best = min(pool, key=lambda c: c.loss)
+    c = next(c for c in pool if c.loss <= best.loss * (1 + tol))
+    why = [f"inference-optimal: the smallest shape that uses the whole time within {max_epochs:g} epochs "
+           f"of the data and whose predicted loss is within {tol:.0%} of the best ({best.name}, "
+           f"{best.loss:.3f}): {c.name} at {c.tokens_per_param:.0f} tokens/param, loss {c.loss:.3f}"]
+    if not ok_data:
+        why.append("no shape stays within the epoch limit: the data is too small for this much compute")
+    return c, why
+
+
+def train_settings(c: Candidate, gpu: GPUSpec, n_gpus: int, seq_len: int, time_text: str) -> tuple[dict[str, Any], int]:
+    """[train] values for the chosen candidate, and the planned number of optimizer steps."""
+    unit = c.micro_batch * seq_len * n_gpus
+    total = total_batch_for(c.params)
+    while total > unit and c.tokens_in_time / total < 1000:  # keep >= ~1000 steps when the budget is short
+        total //= 2
+    accum = max(1, round(total / unit))
+    steps = int(c.tokens_in_time // (accum * unit))
+    train = {"budget": time_text, "batch_size": c.micro_batch, "total_batch_tokens": accum * c.micro_batch * seq_len,
+             "seq_len": seq_len, "lr": lr_for(c.params), "min_lr_frac": 0.1,
+             "warmup_steps": max(1, round(0.015 * steps)), "schedule": "cosine", "weight_decay": 0.1,
+             "beta2": 0.95, "grad_clip": 1.0, "dtype": "bfloat16" if gpu.bf16 else "float32", "compile": "auto"}
+    return train, steps
+
+
+def make_plan(gpu: str | GPUSpec = "h100", n_gpus: int = 1, tokens: str | float | None = None,
+              time_budget: str | float = "24h", goal: str = "compute-optimal", params: str | float | None = None,
+              family: str = "gpt2", seq_len: int = 1024, mfu: float = 0.40, tflops: float | None = None,
+              mem_gb: float | None = None, sharding: str = "none", recompute: bool = False,
+              vocab_size: int | None = None, max_epochs: float = MAX_EPOCHS, loss_tolerance: float = 0.02,
+              data_dir: str | None = None) -> Plan:
+    """Estimate every candidate of the family and recommend one for `goal` (see module docstring)."""
+    spec = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu, tflops, mem_gb)
+    if goal not in GOALS:
+        raise BudgetLMError(f"--goal must be one of {', '.join(GOALS)}, got {goal!r}")
+    if not isinstance(n_gpus, int) or n_gpus < 1:
+        raise BudgetLMError(f"--gpus must be a positive whole number, got {n_gpus!r}")
+    if not 0 < mfu <= 1:
+        raise BudgetLMError(f"--mfu must be in (0, 1], got {mfu}")
+    if seq_len < 1:
+        raise BudgetLMError(f"--seq-len must be positive, got {seq_len}")
+    if sharding not in SHARDINGS:
+        raise BudgetLMError(f"--sharding must be one of {', '.join(SHARDINGS)}, got {sharding!r}")
+    data = parse_count(tokens, "--tokens")
+    want = parse_count(params, "--params")
+    if goal == "fixed-params" and want is None:
+        raise BudgetLMError("--goal fixed-params needs --params (e.g. --params 1.5B)")
+    time_s = parse_time(time_budget)
+    time_text = time_budget if isinstance(time_budget, str) else f"{time_s:g}s"
+    cands = [estimate(cfg, spec, n_gpus, seq_len, mfu, time_s, data, sharding, recompute, name)
+             for name, cfg in ladder(family, seq_len, vocab_size)]
+    fitting = [c for c in cands if c.fits]
+    if not fitting:
+        raise BudgetLMError(f"--gpu {spec.key}: no {family} shape fits in {spec.mem_gb:g} GB at --seq-len {seq_len}; "
+                            f"try --sharding fsdp with more --gpus, --recompute or a shorter --seq-len")
+    picks = {g: _pick(g, fitting, want, max_epochs, loss_tolerance)[0] for g in GOALS if g != "fixed-params" or want}
+    choice, reasons = _pick(goal, fitting, want, max_epochs, loss_tolerance)
+    train, steps = train_settings(choice, spec, n_gpus, seq_len, time_text)
+    plan = Plan(spec, n_gpus, goal, family, seq_len, mfu, time_s, time_text, data, sharding, recompute, cands,
+                choice, picks, train, steps, reasons, data_dir=data_dir)
+    if choice.epochs is not None and choice.epochs > max_epochs:
+        plan.warnings.append(f"{choice.name} would see {choice.epochs:.1f} epochs of the data (> ~{max_epochs:g}): "
+                             f"repeated tokens are worth less; get more data or pick a bigger model")
+    if n_gpus > 1 or sharding != "none" or recompute:
+        plan.warnings.append("the trainer runs one process on one device and has no recompute or sharding yet: "
+                             "the config is for the per-GPU shape; multi-GPU/recompute numbers are estimates only")
+    if choice.micro_batch * seq_len * n_gpus * steps > 0 and steps < 100:
+        plan.warnings.append(f"only {steps} optimizer steps: the budget is very short for this model")
+    return plan
+
+
+def _gb(x: float) -> str:
+    return f"{x / GB:.1f}" if x >= 0.05 * GB else f"{x / GB:.2f}"
+
+
+def _count(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.0f}"
+
+
+def _dur(s: float) -> str:
+    return f"{s / 86400:.1f}d" if s >= 86400 * 2 else f"{s / 3600:.1f}h" if s >= 3600 else f"{s / 60:.0f}m"
+
+
+def render(plan: Plan) -> str:
+    """The candidate table and the recommendation, as text."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{plan.n_gpus} x {plan.gpu.name} ({plan.gpu.tflops:g} TFLOP/s, {plan.gpu.mem_gb:g} GB) | "
+                    f"{plan.time_text} | MFU {plan.mfu:.0%} | seq {plan.seq_len} | sharding {plan.sharding} | "
+                    f"data {_count(plan.data_tokens) if plan.data_tokens else 'unlimited'} tokens")
+    for col in ("model", "params", "L/d/H", "fits", "ubatch", "w/g/opt GB", "act GB", "act GB rc",
+                "logits GB", "total GB", "tok/s", "time for 20N", "tokens in time", "tok/param", "epochs", "pred loss"):
+        t.add_column(col, justify="left" if col in ("model", "L/d/H") else "right")
+    for c in plan.candidates:
+        m, cfg = c.memory, c.cfg
+        plain, rc = (c.memory_other, m) if plan.recompute else (m, c.memory_other)
+        kv = f"/{cfg.kv_heads}kv" if cfg.kv_heads != cfg.n_head else ""
+        mark = " <" if c is plan.choice else ""
+        t.add_row(c.name + mark, f"{c.params / 1e6:,.1f}M", f"{cfg.n_layer}/{cfg.n_embd}/{cfg.n_head}{kv}",
+                  "yes" if c.fits else "NO", str(c.micro_batch or "-"),
+                  f"{_gb(m['weights'])}/{_gb(m['grads'])}/{_gb(m['optimizer'])}", _gb(plain["activations"]),
+                  _gb(rc["activations"]), _gb(m["logits"]), _gb(m["total"]), f"{c.tokens_per_s:,.0f}",
+                  _dur(20 * c.params / c.tokens_per_s), _count(c.tokens_in_time), f"{c.tokens_per_param:.1f}",
+                  f"{c.epochs:.2f}" if c.epochs is not None else "-", f"{c.loss:.3f}")
+    c, tr = plan.choice, plan.train
+    lines = [f"Recommendation ({plan.goal}): {c.name}: {c.params:,} params "
+             f"({c.cfg.n_layer} layers, {c.cfg.n_embd} wide, {c.cfg.n_head} heads)",
+             f"  {_count(c.tokens_in_time)} tokens in {plan.time_text} ({c.tokens_per_param:.1f} tokens/param"
+             + (f", {c.epochs:.2f} epochs" if c.epochs is not None else "") + f") at ~{c.tokens_per_s:,.0f} tok/s",
+             f"  batch {tr['batch_size']} x {plan.seq_len} x accum {tr['total_batch_tokens'] // (tr['batch_size'] * plan.seq_len)}"
+             f"{f' x {plan.n_gpus} GPUs' if plan.n_gpus > 1 else ''} = {tr['total_batch_tokens'] * plan.n_gpus:,} tokens/step, "
+             f"~{plan.steps:,} steps; lr {tr['lr']:g} -> {tr['lr'] * tr['min_lr_frac']:.2g} ({tr['schedule']}), "
+             f"warmup {tr['warmup_steps']:,}; memory {_gb(c.memory['total'])} of {plan.gpu.mem_gb:g} GB"]
+    lines += [f"  why: {r}" for r in plan.reasons]
+    others = ", ".join(f"{g}: {p.name} ({_count(p.tokens_in_time)} tokens)" for g, p in plan.picks.items())
+    lines.append(f"  each goal would pick: {others}")
+    lines += [f"  warning: {w}" for w in plan.warnings]
+    console = Console(width=230, color_system=None)
+    with console.capture() as cap:
+        console.print(t)
+    return cap.get() + "\n".join(lines)
+
+
+def explain(plan: Plan) -> str:
+    """Every formula behind the recommendation, with its numbers."""
+    c, cfg, g = plan.choice, plan.choice.cfg, plan.gpu
+    m, tr, n = c.memory, plan.train, plan.n_gpus
+    dtype = "bfloat16" if g.bf16 else "float32"
+    act = layer_activation_bytes(cfg, plan.seq_len, dtype)
+    C = n * g.peak_flops * plan.mfu * plan.time_s
+    n_opt = math.sqrt(C / (6 * CHINCHILLA_TOKENS_PER_PARAM))
+    B, T = max(c.micro_batch, 1), plan.seq_len
+    out = [f"params N = {c.params:,} (numel of the model built on the meta device)",
+           f"FLOPs/token = 6N' + 6*L*d*T = {c.flops_per_token:,.0f}" + (" (x4/3 for recompute)" if plan.recompute else "")
+           + "  (N' = params without lookup-only tables)",
+           f"tokens/s = gpus * peak * MFU / FLOPs/token = {n} * {g.peak_flops:.4g} * {plan.mfu} / {c.flops_per_token:.4g}"
+           f" = {c.tokens_per_s:,.0f}",
+           f"tokens in time = {c.tokens_per_s:,.0f} * {plan.time_s:,.0f} s = {c.tokens_in_time:,.0f}"
+           f"  -> {c.tokens_per_param:.1f} tokens/param",
+           f"compute C = gpus * peak * MFU * time = {C:.3g} FLOPs; Chinchilla N_opt = sqrt(C / (6*20)) = {n_opt:,.0f},"
+           f" D_opt = 20 N_opt = {20 * n_opt:,.0f}",
+           f"20N tokens for {c.name} = {20 * c.params:,.0f}, taking {20 * c.params / c.tokens_per_s / 3600:,.1f} h"]
+    if c.epochs is not None:
+        out.append(f"epochs = tokens / data = {c.tokens_in_time:,.0f} / {plan.data_tokens:,.0f} = {c.epochs:.2f}")
+    out += [f"predicted loss = 1.69 + 406.4/N^0.34 + 410.7/D'^0.28 = {c.loss:.3f} (Chinchilla fit; D' discounts repeats)",
+            f"weights = 4 B * N{f' / {n}' if plan.sharding == 'fsdp' else ''} = {_gb(m['weights'])} GB; grads = same "
+            f"= {_gb(m['grads'])} GB; optimizer = 8 B * N{f' / {n}' if plan.sharding != 'none' else ''} = "
+            f"{_gb(m['optimizer'])} GB  (fp32 params + fp32 grads + AdamW m, v = 16 B/param)",
+            f"weight copies = 2 B * matmul params (bf16 autocast casts kept for backward) = {_gb(m['weight_copies'])} GB",
+            f"activations/layer/token = attention {act['attention']:.0f} B + mlp {act['mlp']:.0f} B = {act['total']:.0f} B"
+            f" (d={cfg.n_embd}, heads={cfg.n_head}, kv={cfg.kv_heads}, hidden={cfg.hidden}, flash attention)",
+            f"activations = B*T*(L*{act['total']:.0f} + head) = {B}*{T}*... = {_gb(c.memory['activations'])} GB "
+            f"({'with' if plan.recompute else 'without'} recompute); {_gb(c.memory_other['activations'])} GB "
+            f"{'without' if plan.recompute else 'with'} (recompute keeps only 4*d B/token/layer + one layer)",
+            f"logits = B*T*V*(2+4+4+4) B = {B}*{T}*{cfg.vocab_size}*14 = {_gb(m['logits'])} GB",
+            f"total = sum + {_gb(m['overhead'])} GB CUDA overhead = {_gb(m['total'])} GB; micro-batch = largest power "
+            f"of 2 with total <= 90% of {g.mem_gb:g} GB = {c.micro_batch}",
+            f"total batch = {tr['total_batch_tokens'] * n:,} tokens (by size) -> accum = "
+            f"{tr['total_batch_tokens'] // (B * T)}; steps = tokens / batch = {plan.steps:,}; "
+            f"warmup = 1.5% = {tr['warmup_steps']:,}; lr = {tr['lr']:g} (log-interpolated by size)"]
+    return "\n".join(out)
+
+
+def measure(plan: Plan, seconds: float = 3.0, max_step_s: float = 2.0, log=print) -> list[dict[str, Any]]:
+    """Real steps on this machine for every candidate small enough for it; measured vs estimated tok/s."""
+    dev, name = local_device()
+    peak = measure_cpu_tflops() * 1e12 if dev.type == "cpu" else peak_flops(name)
+    import torch
+    mem = torch.cuda.get_device_properties(0).total_memory if dev.type == "cuda" else 0.5 * plan.gpu.mem_bytes
+    rows = []
+    for c in plan.candidates:
+        micro = min(max(c.micro_batch, 1), 4 if dev.type == "cpu" else 64)
+        est = (peak or 0) * plan.mfu / flops_per_token(c.cfg, plan.seq_len)
+        if not peak or micro * plan.seq_len / est > max_step_s:
+            continue
+        micro = min(micro, pick_micro_batch(c.cfg, plan.seq_len, mem, "bfloat16" if dev.type == "cuda" else "float32"))
+        if micro < 1:
+            continue
+        r = measure_throughput(c.cfg, micro, plan.seq_len, seconds, dev)
+        row = {"model": c.name, "device": name, "micro_batch": micro, "measured_tok_s": r["tokens_per_s"],
+               "estimated_tok_s": est, "error": est / r["tokens_per_s"] - 1,
+               "implied_mfu": r["tokens_per_s"] * flops_per_token(c.cfg, plan.seq_len) / peak}
+        rows.append(row)
+        log(f"  {c.name:16s} {name} ub {micro}: measured {row['measured_tok_s']:,.0f} tok/s, estimated "
+            f"{est:,.0f} ({row['error']:+.0%}); implied MFU {row['implied_mfu']:.0%}")
+    if not rows:
+        log("  no candidate is small enough to measure on this device within a few seconds")
+    return rows
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(plan: Plan, path: str | Path) -> Path:
+    """A TOML file that `budgetlm train --config PATH --data DIR` runs as is: explicit [model] fields,
+    the [train] values of the plan, and [data] dir when known."""
+    from budgetlm.config import TrainConfig, from_dict, to_dict
+    c = plan.choice
+    model = {k: v for k, v in to_dict(c.cfg).items() if v is not None}
+    from_dict(TrainConfig, plan.train, "plan")  # fail here, not at train time
+    preset = next((p for p in MODEL_PRESETS if model_config(p, block_size=c.cfg.block_size) == c.cfg), None)
+    lines = [f"# budgetlm plan: {plan.goal} on {plan.n_gpus} x {plan.gpu.name}, {plan.time_text}, MFU {plan.mfu:.0%}",
+             f"# {c.name}: {c.params:,} params, ~{c.tokens_in_time:,.0f} tokens ({c.tokens_per_param:.1f}/param), "
+             f"~{plan.steps:,} steps" + (f", {c.epochs:.2f} epochs" if c.epochs is not None else ""),
+             "# vocab_size is replaced by the data's tokenizer at train time.", "", "[model]"]
+    if preset:
+        lines.append(f"# same shape as preset {preset!r}")
+    lines += [f"{k} = {_toml(v)}" for k, v in model.items()]
+    lines += ["", "[train]"] + [f"{k} = {_toml(v)}" for k, v in plan.train.items()]
+    if plan.data_dir:
+        lines += ["", "[data]", f"dir = {_toml(plan.data_dir)}"]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    """The `plan` verb: table, recommendation, optional formulas, measurements and config file."""
+    plan = make_plan(args.gpu, args.gpus, args.tokens, args.time, args.goal, args.params, args.family, args.seq_len,
+                     args.mfu, args.tflops, args.mem_gb, args.sharding, args.recompute, args.vocab,
+                     loss_tolerance=args.loss_tolerance, data_dir=args.data)
+    print(render(plan))
+    if args.explain:
+        print("\nFormulas:\n" + explain(plan))
+    if args.measure:
+        print("\nMeasured on this machine (estimate uses its own peak and --mfu):")
+        measure(plan)
+    if args.out:
+        print(f"\nwrote {write_config(plan, args.out)}: budgetlm train --config {args.out}"
+              + ("" if args.data else " --data DIR"))
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `plan` verb to budgetlm's subparsers; its `fn` takes the parsed args."""
+    sp = subparsers.add_parser("plan", help="what a budget buys: model size, memory, speed, tokens, a config")
+    sp.add_argument("--gpu", default="h100", help="a100-40gb, a100-80gb, h100, h100-pcie, h200, mi300x, rtx3090, "
+                    "rtx4090, m1..m4, cpu or custom (with --tflops and --mem-gb)")
+    sp.add_argument("--gpus", type=int, default=1, help="number of GPUs")
+    sp.add_argument("--tokens", help="tokens of data available, e.g. 14.6B (default: unlimited)")
+    sp.add_argument("--time", default="24h", help="wall-clock budget: 24h, 90m, 1h30m")
+    sp.add_argument("--goal", choices=GOALS, default="compute-optimal")
+    sp.add_argument("--params", help="model size for --goal fixed-params, e.g. 1.5B")
+    sp.add_argument("--family", choices=sorted(LADDERS), default="gpt2")
+    sp.add_argument("--seq-len", type=int, default=1024)
+    sp.add_argument("--vocab", type=int, help="vocabulary size (default: 50257 gpt2, 32000 llama)")
+    sp.add_argument("--mfu", type=float, default=0.40, help="assumed model FLOPs utilization")
+    sp.add_argument("--tflops", type=float, help="peak dense bf16 TFLOP/s (custom GPU, or override)")
+    sp.add_argument("--mem-gb", type=float, help="memory per GPU in GB (custom GPU, or override)")
+    sp.add_argument("--sharding", choices=SHARDINGS, default="none")
+    sp.add_argument("--recompute", action="store_true", help="assume full activation recompute")
+    sp.add_argument("--loss-tolerance", type=float, default=0.02, help="inference-optimal: loss allowed above the best")
+    sp.add_argument("--measure", action="store_true", help="time real steps of the small candidates here")
+    sp.add_argument("--explain", action="store_true", help="print every formula with its numbers")
+    sp.add_argument("--out", help="write the recommended config as TOML here")
+    sp.add_argument("--data", help="prepared data folder to name in the config's [data] table")
+    sp.set_defaults(fn=cmd_plan)
+    return sp

@@ -1,0 +1,98 @@
+"""The CLI as a user meets it: real subprocesses, exit codes and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def run(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "budgetlm", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+def one_line_error(res, *needles):
+    assert res.returncode == 2, res.stderr
+    lines = [x for x in res.stderr.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and "error:" in lines[0], res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_unknown_source_and_tokenizer(tmp_path):
+    one_line_error(run("prepare", "--data", "nowhere.txt", "--out", str(tmp_path)), "--data nowhere.txt")
+    one_line_error(run("prepare", "--data", "synth", "--tokenizer", "sentencepiece", "--out", str(tmp_path)),
+                   "--tokenizer", "sentencepiece")
+
+
+def test_empty_and_binary_input(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    one_line_error(run("prepare", "--data", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "o")), "empty.txt", "empty")
+    (tmp_path / "bin.txt").write_bytes(bytes(range(256)) * 4)
+    one_line_error(run("prepare", "--data", str(tmp_path / "bin.txt"), "--out", str(tmp_path / "o")), "bin.txt", "binary")
+
+
+def test_bad_budget_and_tiny_budget(synth_data, tmp_path):
+    one_line_error(run("train", "--data", str(synth_data), "--budget", "soon", "--out", str(tmp_path)), "--budget")
+    one_line_error(run("train", "--data", str(synth_data), "--budget", "0.001s", "--n-layer", "1", "--n-embd", "16",
+                       "--n-head", "2", "--out", str(tmp_path)), "too small to take one training step")
+
+
+def test_bad_shard_header(synth_data, tmp_path):
+    import shutil
+    d = tmp_path / "data"
+    shutil.copytree(synth_data, d)
+    raw = bytearray((d / "train_000000.bin").read_bytes())
+    raw[:4] = b"\x00\x00\x00\x00"
+    (d / "train_000000.bin").write_bytes(bytes(raw))
+    one_line_error(run("train", "--data", str(d), "--budget", "2-steps", "--out", str(tmp_path / "r")),
+                   "train_000000.bin", "bad shard header")
+
+
+def test_resume_mismatch_names_field(synth_data, tmp_path):
+    common = ["train", "--data", str(synth_data), "--budget", "2-steps", "--out", str(tmp_path), "--n-head", "2",
+              "--n-embd", "16", "--seq-len", "32", "--batch-size", "2", "--no-progress"]
+    assert run(*common, "--n-layer", "1").returncode == 0
+    one_line_error(run(*common, "--n-layer", "2", "--resume"), "--resume", "n_layer")
+
+
+def test_train_eval_sample_round_trip(synth_data, tmp_path):
+    out = tmp_path / "run"
+    res = run("train", "--data", str(synth_data), "--budget", "30-steps", "--out", str(out), "--n-layer", "1",
+              "--n-head", "2", "--n-embd", "32", "--seq-len", "64", "--batch-size", "8", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "val bits/byte" in res.stdout
+    ev = run("eval", str(out), "--data", str(synth_data), "--out", str(tmp_path / "ev.json"))
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads((tmp_path / "ev.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert result["val_bpb"] == pytest.approx(summary["val_bpb"], rel=1e-4)  # eval reproduces training's number
+    sm = run("sample", str(out), "--prompt", "Once upon a time", "--max-tokens", "20", "-n", "2")
+    assert sm.returncode == 0 and sm.stdout.count("Once upon a time") == 2
+    assert "tokens/s" in sm.stderr
+
+
+def test_speedrun_synth_end_to_end(tmp_path):
+    res = run("speedrun", "--budget", "25s", "--data", "synth", "--out", str(tmp_path / "run"), "--no-progress",
+              cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["elapsed"] <= 25 + 1.0
+    assert summary["val_bpb"] < 4.0  # learned something: a uniform 2048-way guess is ~3.3 bits per ~1 byte token
+    samples = json.loads((tmp_path / "run" / "samples.json").read_text())
+    assert len(samples) == 3 and all(s["tokens"] > 0 for s in samples)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    assert "val bits/byte" in res.stdout
+
+
+def test_speedrun_on_shared_tinystories(stories_path, tmp_path):
+    res = run("speedrun", "--budget", "25s", "--data", str(stories_path), "--out", str(tmp_path / "run"),
+              "--no-progress", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data"]["val_split"].startswith("last 10%")
+    assert np.isfinite(summary["val_bpb"]) and summary["val_bpb"] < 3.0
+    samples = json.loads((tmp_path / "run" / "samples.json").read_text())
+    assert samples[0]["prompt"] == "once upon a time"  # the shared copy is lower-cased, so are the prompts

@@ -1,0 +1,106 @@
+import json
+import os
+
+import pytest
+import torch
+
+from budgetlm.config import TrainConfig, model_config
+from budgetlm.errors import BudgetLMError
+from budgetlm.train import checkpoint as ckpt_mod
+from budgetlm.train.checkpoint import resolve_checkpoint
+from budgetlm.train.trainer import train
+
+QUIET = dict(log=lambda *_: None)
+
+
+def tiny_model():
+    return model_config(n_layer=2, n_head=2, n_embd=32)
+
+
+def cfg(out, **kw):
+    base = dict(budget="12-steps", batch_size=4, seq_len=32, lr=3e-3, out_dir=str(out), progress=False,
+                log_every=1, final_eval_tokens=2048, seed=7)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_exact_resume(synth_data, tmp_path):
+    """N steps straight == N/2 steps, stop, resume, N/2 more: identical losses and weights."""
+    straight = train(tiny_model(), cfg(tmp_path / "a", total_batch_tokens=256), synth_data, **QUIET)
+    train(tiny_model(), cfg(tmp_path / "b", total_batch_tokens=256), synth_data, stop_after_steps=6, **QUIET)
+    resumed = train(tiny_model(), cfg(tmp_path / "b", total_batch_tokens=256), synth_data,
+                    resume=str(tmp_path / "b"), **QUIET)
+    assert resumed.steps == straight.steps == 12
+    assert resumed.extra["losses"] == straight.extra["losses"]  # bit-for-bit, fp32 on CPU
+    assert resumed.val_loss == straight.val_loss
+    wa = ckpt_mod.load_checkpoint(tmp_path / "a")[2]
+    wb = ckpt_mod.load_checkpoint(tmp_path / "b")[2]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_training_lowers_loss(synth_data, tmp_path):
+    info = train(tiny_model(), cfg(tmp_path, budget="60-steps", lr=1e-2), synth_data, **QUIET)
+    losses = info.extra["losses"]
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.7
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 60 and summary["val_bpb"] == pytest.approx(info.val_bpb)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["final"] and len([r for r in rows if "loss" in r]) == 60
+
+
+def test_time_budget_ends_inside_budget(synth_data, tmp_path):
+    info = train(tiny_model(), cfg(tmp_path, budget="4s"), synth_data, **QUIET)
+    assert info.steps > 5
+    assert info.extra["elapsed"] <= 4.0 + 0.75  # final eval + checkpoint are inside the accounting
+
+
+def test_token_budget(synth_data, tmp_path):
+    info = train(tiny_model(), cfg(tmp_path, budget="1280-tokens"), synth_data, **QUIET)
+    assert info.tokens_seen == 1280 and info.steps == 10
+
+
+def test_interrupted_checkpoint_is_atomic(synth_data, tmp_path, monkeypatch):
+    """A crash while writing a checkpoint leaves the previous one intact and loadable."""
+    train(tiny_model(), cfg(tmp_path, budget="4-steps"), synth_data, **QUIET)
+    before = resolve_checkpoint(tmp_path)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(ckpt_mod.torch, "save", boom)
+    with pytest.raises(OSError):
+        train(tiny_model(), cfg(tmp_path, budget="8-steps", checkpoint_every=2), synth_data, **QUIET)
+    assert resolve_checkpoint(tmp_path) == before
+    ckpt_mod.load_checkpoint(tmp_path)  # still complete
+
+
+def test_keep_last_checkpoints(synth_data, tmp_path):
+    train(tiny_model(), cfg(tmp_path, budget="8-steps", checkpoint_every=2), synth_data, **QUIET)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000006", "step_00000008"]
+    assert not list((tmp_path / "checkpoints").glob(".tmp*"))
+
+
+def test_resume_with_mismatched_model(synth_data, tmp_path):
+    train(tiny_model(), cfg(tmp_path, budget="4-steps"), synth_data, **QUIET)
+    other = model_config(n_layer=3, n_head=2, n_embd=32)
+    with pytest.raises(BudgetLMError, match="differs in n_layer"):
+        train(other, cfg(tmp_path, budget="4-steps"), synth_data, resume=str(tmp_path), **QUIET)
+
+
+def test_resume_with_mismatched_tokenizer(synth_data, tmp_path):
+    from budgetlm.data.prepare import prepare
+    train(tiny_model(), cfg(tmp_path / "run", budget="4-steps"), synth_data, **QUIET)
+    other = tmp_path / "other"
+    prepare("synth", "bpe:512", other, max_tokens=20_000, seed=5, log=lambda *_: None)
+    with pytest.raises(BudgetLMError, match="tokenizer .* does not match"):
+        train(tiny_model(), cfg(tmp_path / "run", budget="4-steps"), other, resume=str(tmp_path / "run"), **QUIET)
+
+
+def test_budget_too_small(synth_data, tmp_path):
+    with pytest.raises(BudgetLMError, match="too small to take one training step"):
+        train(tiny_model(), cfg(tmp_path, budget="0.01s"), synth_data, **QUIET)
+
+
+def test_resume_without_checkpoint(synth_data, tmp_path):
+    with pytest.raises(BudgetLMError, match="no checkpoint found"):
+        train(tiny_model(), cfg(tmp_path, budget="4-steps"), synth_data, resume=str(tmp_path), **QUIET)
