@@ -108,7 +108,8 @@ def llama_weights(cfg: ModelConfig, w: Weights) -> Weights:
             q, k, v = _split_qkv(cfg, w[f"{a}attn.qkv.{suffix}"])
             gate, up = w[f"{a}mlp.up.{suffix}"].chunk(2, dim=0)  # our MLP: gate, up = h.chunk(2)
             out.update({f"{b}self_attn.q_proj.{suffix}": q, f"{b}self_attn.k_proj.{suffix}": k,
-                        f"{b}self_attn.v_proj.{suffix}": v, f"{b}self_attn.o_proj.{suffix}": w[f"{a}attn.proj.{suffix}"],
+                        f"{b}self_attn.v_proj.{suffix}": v,
+                        f"{b}self_attn.o_proj.{suffix}": w[f"{a}attn.proj.{suffix}"],
                         f"{b}mlp.gate_proj.{suffix}": gate, f"{b}mlp.up_proj.{suffix}": up,
                         f"{b}mlp.down_proj.{suffix}": w[f"{a}mlp.down.{suffix}"]})
     if not cfg.tie_embeddings:
@@ -149,8 +150,8 @@ def char_tokenizer_json(tok: CharTokenizer) -> dict[str, Any]:
             "added_tokens": [{"id": tok.eot_id, "content": EOT, "single_word": False, "lstrip": False,
                               "rstrip": False, "normalized": False, "special": True}],
             "normalizer": None, "pre_tokenizer": None, "post_processor": None, "decoder": {"type": "Fuse"},
-            "model": {"type": "BPE", "dropout": None, "unk_token": tok.chars[tok.unk], "continuing_subword_prefix": None,
-                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+            "model": {"type": "BPE", "dropout": None, "unk_token": tok.chars[tok.unk],
+                      "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
                       "ignore_merges": False, "vocab": vocab, "merges": []}}
 
 
@@ -208,8 +209,9 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     ckpt, cfg, weights, tok, _ = load_checkpoint(checkpoint, with_state=False)
     family = hf_family(cfg)
     out = Path(out_dir)
-    if out.exists() and (out.resolve() == ckpt.resolve() or (out / "state.pt").exists()):
-        raise BudgetLMError(f"export: --out {out} is a budgetlm checkpoint; choose another folder")
+    # HF's file names (config.json, tokenizer.json, model.safetensors) would clobber budgetlm's own.
+    if out.resolve() == ckpt.resolve() or any((out / n).exists() for n in ("state.pt", "checkpoints", "latest")):
+        raise BudgetLMError(f"export: --out {out} is a budgetlm run or checkpoint folder; choose another")
     if tok.vocab_size > cfg.vocab_size:
         raise BudgetLMError(f"export: tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size}")
     hf = (gpt2_weights if family == "GPT2LMHeadModel" else llama_weights)(cfg, weights)

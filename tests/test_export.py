@@ -138,8 +138,9 @@ def test_unsupported_mix_names_the_switch(tmp_path, bpe, overrides, switch):
 def test_refuses_to_overwrite_the_checkpoint(tmp_path, bpe):
     _, ckpt = make_checkpoint(tmp_path, bpe)
     before = (ckpt / "config.json").read_text()
-    with pytest.raises(BudgetLMError, match="checkpoint"):
-        export_hf(ckpt, ckpt)
+    for out in (ckpt, ckpt.parent):  # the checkpoint itself, or the folder of checkpoints
+        with pytest.raises(BudgetLMError, match="checkpoint folder"):
+            export_hf(ckpt, out)
     assert (ckpt / "config.json").read_text() == before
 
 
