@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(flag, type=typ)
     sp.add_argument("--compile", choices=["auto", "on", "off"])
     sp.set_defaults(fn=cmd_speedrun)
+
+    from budgetlm import export
+    export.register(sub)
     return p
 
 
