@@ -13,7 +13,8 @@ from budgetlm.errors import BudgetLMError
 MODEL_FLAGS = ("n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "norm", "pos", "mlp_hidden")
 TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac", "warmup_frac", "warmup_steps",
                "schedule", "weight_decay", "grad_clip", "seed", "device", "dtype", "compile", "threads",
-               "eval_every", "eval_tokens", "checkpoint_every", "log_every")
+               "eval_every", "eval_tokens", "checkpoint_every", "log_every", "teacher", "distill_steps",
+               "distill_alpha", "distill_temp")
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -51,6 +52,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int)
     g.add_argument("--log-every", type=int)
     g.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher", help="ngram:N - distill from a Kneser-Ney n-gram for the first steps")
+    g.add_argument("--distill-steps", type=int)
+    g.add_argument("--distill-alpha", type=float, help="weight of the KL term (0..1)")
+    g.add_argument("--distill-temp", type=float)
 
 
 def _picked(args: argparse.Namespace, names: tuple[str, ...]) -> dict:

@@ -128,6 +128,10 @@ class TrainConfig:
     log_every: int = 10
     out_dir: str = "runs/latest"
     progress: bool = True
+    teacher: str | None = None  # e.g. "ngram:4": distill from an n-gram for the first steps
+    distill_steps: int = 200
+    distill_alpha: float = 0.5
+    distill_temp: float = 1.0
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "linear", "wsd", "constant"):

@@ -28,8 +28,8 @@ from budgetlm.train.budget import Budget, lr_at, parse_budget
 from budgetlm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from budgetlm.train.progress import Progress
 
-# An extra loss term (distillation and the like): (step, frac, x, y, logits) -> loss or None.
-LossHook = Callable[[int, float, torch.Tensor, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+# Replaces the loss (distillation and the like): (step, frac, x, y, logits, loss) -> loss, or None to keep it.
+LossHook = Callable[..., "torch.Tensor | None"]
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -100,6 +100,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     if cfg.total_batch_tokens and cfg.total_batch_tokens % micro_tokens:
         raise BudgetLMError(f"--total-batch {cfg.total_batch_tokens} is not a multiple of batch*seq = {micro_tokens}")
 
+    if cfg.teacher and loss_hook is None:
+        from budgetlm.train.distill import make_teacher_hook
+        loss_hook = make_teacher_hook(cfg.teacher, train_tokens, tokenizer.vocab_size, tokenizer.eot_id,
+                                      cfg.distill_steps, cfg.distill_alpha, cfg.distill_temp, log=log)
     model = build_model(model_cfg).to(device)
     optimizer = make_optimizer(model, cfg, device)
     step, tokens_seen, max_frac, losses = 0, 0, 0.0, []
@@ -184,12 +188,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with autocast:
                     logits, loss = run_model(x, y)
-                    if loss_hook is not None:
-                        extra = loss_hook(step, max_frac, x, y, logits)
-                        if extra is not None:
-                            loss = extra
-                (loss / accum).backward()
-                loss_sum += loss.item() / accum
+                    objective = loss_hook(step, max_frac, x, y, logits, loss) if loss_hook else None
+                    if objective is None:
+                        objective = loss
+                (objective / accum).backward()
+                loss_sum += loss.item() / accum  # the plain next-token loss, comparable across runs
             if not math.isfinite(loss_sum):
                 raise BudgetLMError(f"training diverged at step {step} (loss {loss_sum}); try a lower --lr")
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
