@@ -13,7 +13,7 @@ from budgetlm.errors import BudgetLMError
 MODEL_FLAGS = ("n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "norm", "pos", "mlp_hidden")
 TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac", "warmup_frac", "warmup_steps",
                "schedule", "weight_decay", "grad_clip", "seed", "device", "dtype", "compile", "threads",
-               "eval_every", "eval_tokens", "checkpoint_every", "log_every", "teacher", "distill_steps",
+               "eval_every", "eval_tokens", "checkpoint_every", "log_every", "fused_loss", "recompute", "teacher", "distill_steps",
                "distill_alpha", "distill_temp")
 
 
@@ -51,6 +51,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-tokens", type=int)
     g.add_argument("--checkpoint-every", type=int)
     g.add_argument("--log-every", type=int)
+    g.add_argument("--fused-loss", choices=["auto", "on", "off"], help="chunked head+cross-entropy (auto: CUDA)")
+    g.add_argument("--recompute", type=int, choices=[0, 1, 2], help="activation recomputation level")
     g.add_argument("--no-progress", action="store_true", help="no live progress bar")
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher", help="ngram:N - distill from a Kneser-Ney n-gram for the first steps")
@@ -220,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--compile", choices=["auto", "on", "off"])
     sp.set_defaults(fn=cmd_speedrun)
 
-    from budgetlm import export
+    from budgetlm import bench, export
     export.register(sub)
+    bench.register(sub)
     return p
 
 

@@ -35,6 +35,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     norm_eps: float = 1e-5
+    vocab_multiple: int = 1  # pad embedding/head rows to a multiple of this (64: fast GPU matmuls)
 
     def __post_init__(self) -> None:
         choices = {"mlp": ("gelu", "swiglu"), "norm": ("layernorm", "rmsnorm"), "pos": ("learned", "rope")}
@@ -50,6 +51,11 @@ class ModelConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise BudgetLMError(f"model field '{name}' must be positive, got {getattr(self, name)}")
+
+    @property
+    def padded_vocab(self) -> int:
+        m = max(1, self.vocab_multiple)
+        return m * ((self.vocab_size + m - 1) // m)
 
     @property
     def kv_heads(self) -> int:
@@ -75,13 +81,14 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_layer=3, n_head=4, n_embd=128),
     "small": dict(n_layer=4, n_head=4, n_embd=192),
     "mini": dict(n_layer=6, n_head=6, n_embd=288),
-    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024),
-    "gpt2-350m": dict(n_layer=24, n_head=16, n_embd=1024, vocab_size=50257, block_size=1024),
-    "gpt2-774m": dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024),
-    "gpt2-1.5b": dict(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024),
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024, vocab_multiple=64),
+    "gpt2-350m": dict(n_layer=24, n_head=16, n_embd=1024, vocab_size=50257, block_size=1024, vocab_multiple=64),
+    "gpt2-774m": dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024, vocab_multiple=64),
+    "gpt2-1.5b": dict(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024, vocab_multiple=64),
     "tinyllama-1.1b": dict(
         n_layer=22, n_head=32, n_kv_head=4, n_embd=2048, mlp="swiglu", mlp_hidden=5632, norm="rmsnorm",
         pos="rope", bias=False, tie_embeddings=False, vocab_size=32000, block_size=2048, norm_eps=1e-5,
+        vocab_multiple=64,
     ),
 }
 MODEL_PRESETS.update({"d12": MODEL_PRESETS["gpt2-124m"], "d24": MODEL_PRESETS["gpt2-350m"],
@@ -128,6 +135,8 @@ class TrainConfig:
     log_every: int = 10
     out_dir: str = "runs/latest"
     progress: bool = True
+    fused_loss: str = "auto"  # auto | on | off: chunked head + cross-entropy (auto: on for CUDA)
+    recompute: int = 0  # activation recomputation: 0 off, 1 MLPs, 2 whole blocks (llm.c -r)
     teacher: str | None = None  # e.g. "ngram:4": distill from an n-gram for the first steps
     distill_steps: int = 200
     distill_alpha: float = 0.5

@@ -75,7 +75,7 @@ def _expand_kv(cfg: ModelConfig, t: torch.Tensor) -> torch.Tensor:
 
 def gpt2_weights(cfg: ModelConfig, w: Weights) -> Weights:
     d, h = cfg.n_embd, cfg.hidden
-    out = {"transformer.wte.weight": w["wte.weight"], "transformer.wpe.weight": w["wpe.weight"],
+    out = {"transformer.wte.weight": w["wte.weight"][: cfg.vocab_size], "transformer.wpe.weight": w["wpe.weight"],
            "transformer.ln_f.weight": w["norm_f.weight"], "transformer.ln_f.bias": _get(w, "norm_f.bias", (d,))}
     for i in range(cfg.n_layer):
         a, b = f"blocks.{i}.", f"transformer.h.{i}."
@@ -94,12 +94,12 @@ def gpt2_weights(cfg: ModelConfig, w: Weights) -> Weights:
             b + "mlp.c_proj.bias": _get(w, a + "mlp.down.bias", (d,)),
         })
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = w["lm_head.weight"]
+        out["lm_head.weight"] = w["lm_head.weight"][: cfg.vocab_size]
     return out
 
 
 def llama_weights(cfg: ModelConfig, w: Weights) -> Weights:
-    out = {"model.embed_tokens.weight": w["wte.weight"], "model.norm.weight": w["norm_f.weight"]}
+    out = {"model.embed_tokens.weight": w["wte.weight"][: cfg.vocab_size], "model.norm.weight": w["norm_f.weight"]}
     for i in range(cfg.n_layer):
         a, b = f"blocks.{i}.", f"model.layers.{i}."
         out[b + "input_layernorm.weight"] = w[a + "norm1.weight"]
@@ -113,7 +113,7 @@ def llama_weights(cfg: ModelConfig, w: Weights) -> Weights:
                         f"{b}mlp.gate_proj.{suffix}": gate, f"{b}mlp.up_proj.{suffix}": up,
                         f"{b}mlp.down_proj.{suffix}": w[f"{a}mlp.down.{suffix}"]})
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = w["lm_head.weight"]
+        out["lm_head.weight"] = w["lm_head.weight"][: cfg.vocab_size]
     return out
 
 

@@ -12,8 +12,10 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from budgetlm.config import ModelConfig
+from budgetlm.models.fused_ce import fused_linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -114,22 +116,30 @@ class Block(nn.Module):
         super().__init__()
         self.norm1, self.attn = make_norm(cfg), Attention(cfg)
         self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
+        self.recompute_mlp = False  # recompute level 1: keep only the MLP's input, redo it in backward
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor, rope: tuple | None, cache: KVCache | None, layer: int) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), rope, cache, layer)
-        return x + self.mlp(self.norm2(x))
+        if self.recompute_mlp and self.training and torch.is_grad_enabled():
+            return x + checkpoint(self._mlp, x, use_reentrant=False)
+        return x + self._mlp(x)
 
 
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wte = nn.Embedding(cfg.padded_vocab, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False)
+        self.fused_loss = False  # chunked head + cross-entropy (models/fused_ce.py); set by the trainer
+        self.recompute = 0  # 0: keep all activations; 1: recompute MLPs; 2: recompute whole blocks
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         if cfg.pos == "rope":
@@ -146,6 +156,14 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def set_recompute(self, level: int) -> None:
+        """Activation recomputation like llm.c's -r: 0 off, 1 MLPs, 2 whole blocks."""
+        if level not in (0, 1, 2):
+            raise ValueError(f"recompute level must be 0, 1 or 2, got {level}")
+        self.recompute = level
+        for b in self.blocks:
+            b.recompute_mlp = level == 1
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # parameters() counts tied weights once
@@ -177,19 +195,29 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
         x = self.drop(x)
+        whole = self.recompute == 2 and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, i)
+            x = checkpoint(block, x, rope, None, i, use_reentrant=False) if whole else block(x, rope, cache, i)
         if cache is not None:
             cache.pos += T
         return self.norm_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) and, given targets, the mean next-token cross-entropy."""
-        logits = self.lm_head(self.hidden_states(idx, cache))
+                cache: KVCache | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Logits (B, T, V) and, given targets, the mean next-token cross-entropy.
+
+        With `fused_loss` and targets, the loss comes from the chunked head and logits are None.
+        """
+        h = self.hidden_states(idx, cache)
+        V = self.cfg.vocab_size
+        if targets is not None and self.fused_loss:
+            return None, fused_linear_cross_entropy(h.view(-1, h.size(-1)), self.lm_head.weight, targets, V)
+        logits = self.lm_head(h)
+        if logits.size(-1) > V:  # drop the padding columns: they stand for no token
+            logits = logits[..., :V]
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def new_cache(self, batch: int, length: int | None = None) -> KVCache:

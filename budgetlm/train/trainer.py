@@ -52,6 +52,14 @@ class Clock:
         return self.before + time.perf_counter() - self.start
 
 
+def _device_peak(device: torch.device) -> float | None:
+    """Peak dense FLOP/s of the device (hardware table), for MFU; None where unknown."""
+    from budgetlm.hardware import peak_flops
+    if device.type == "cuda":
+        return peak_flops(torch.cuda.get_device_name(device))
+    return None
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
@@ -128,7 +136,14 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
         _set_rng_state(state["rng"])
         log(f"resumed from {ckpt} at step {step} ({tokens_seen:,} tokens, {state['elapsed']:.1f}s spent)")
 
+    if hasattr(model, "set_recompute"):
+        model.set_recompute(cfg.recompute)
+    if hasattr(model, "fused_loss"):
+        # The chunked loss never forms logits, which a distillation hook needs.
+        model.fused_loss = cfg.fused_loss == "on" or (cfg.fused_loss == "auto" and device.type == "cuda"
+                                                      and loss_hook is None)
     n_params = model.num_params() if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
+    peak = _device_peak(device)
     run_model = torch.compile(model) if should_compile(cfg.compile, device) else model
     autocast = autocast_ctx(device, dtype)
     token_bytes = tokenizer.token_bytes()
@@ -185,6 +200,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
             loss_sum = 0.0
             for _ in range(accum):
                 x, y = loader.next_batch()
+                if device.type == "cuda":  # pinned host memory makes the copy truly asynchronous
+                    x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with autocast:
                     logits, loss = run_model(x, y)
@@ -218,7 +235,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
             if step % cfg.log_every == 0 or step == 1:
                 rec = {"step": step, "tokens": tokens_seen, "loss": loss_sum, "lr": lr, "frac": max_frac,
                        "tok_per_s": tok_rate, "elapsed": clock.elapsed(), "epoch": loader.epoch,
-                       "mfu_flops": tok_rate * flops_per_token}
+                       "flops_per_s": tok_rate * flops_per_token}
+                if peak:
+                    rec["mfu"] = tok_rate * flops_per_token / peak
                 if norm is not None:
                     rec["grad_norm"] = float(norm)
                 write_metrics(rec)
@@ -257,7 +276,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
                   "checkpoint_seconds": ckpt_seconds, "val_tokens": ev["val_tokens"], "epochs": loader.epoch,
                   "device": device.type, "dtype": str(dtype).replace("torch.", ""), "threads": threads,
                   "compile": run_model is not model, "accum": accum, "losses": losses,
-                  "flops_per_token": flops_per_token, "model": to_dict(model_cfg), "train": to_dict(cfg),
+                  "flops_per_token": flops_per_token, "mfu": (tok_rate * flops_per_token / peak) if peak else None,
+                  "model": to_dict(model_cfg), "train": to_dict(cfg),
                   "data": meta}
     write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), "final": True, **ev})
     metrics_f.close()

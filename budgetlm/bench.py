@@ -1,0 +1,178 @@
+"""`budgetlm bench`: time training steps of a named model, with each fast-path piece switchable,
+so every speed claim comes with its ablation. Results append to benchmarks/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from budgetlm.config import TrainConfig, model_config
+from budgetlm.device import autocast_ctx, pick_device, synchronize
+from budgetlm.errors import BudgetLMError
+from budgetlm.models import build_model
+from budgetlm.train.trainer import make_optimizer
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results.jsonl"
+
+# One setting per row of the ablation: the full fast path, then each piece switched off alone.
+ABLATION = {
+    "fast (all on)": {},
+    "no compile": {"compile": False},
+    "no fused loss": {"fused_loss": False},
+    "no vocab padding": {"vocab_multiple": 1},
+    "attention: math kernel": {"attn": "math"},
+    "AdamW foreach (not fused)": {"fused_adam": False},
+    "fp32 (no bf16 autocast)": {"dtype": "float32", "compile": False},
+}
+
+
+def _sdpa_backend(name: str):
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    table = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    return sdpa_kernel([table[name]])
+
+
+def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warmup: int = 5,
+              compile: bool = True, fused_loss: bool = True, vocab_multiple: int | None = None, attn: str = "auto",
+              fused_adam: bool = True, dtype: str = "bfloat16", recompute: int = 0, device: str = "auto",
+              **model_overrides) -> dict:
+    """ms/step, tokens/s, MFU and peak memory of `steps` timed AdamW steps on random tokens."""
+    dev = pick_device(device)
+    torch.manual_seed(0)
+    overrides = dict(block_size=seq, **model_overrides)
+    if vocab_multiple is not None:
+        overrides["vocab_multiple"] = vocab_multiple
+    cfg = model_config(model_name, **overrides)
+    model = build_model(cfg).to(dev)
+    model.fused_loss = fused_loss
+    model.set_recompute(recompute)
+    opt = make_optimizer(model, TrainConfig(), dev)
+    if dev.type == "cuda" and not fused_adam:
+        opt = torch.optim.AdamW(opt.param_groups, lr=1e-4, betas=(0.9, 0.95), foreach=True)
+    run = torch.compile(model) if compile else model
+    amp = autocast_ctx(dev, torch.bfloat16 if dtype in ("bf16", "bfloat16") else torch.float32)
+    data = torch.randint(0, cfg.vocab_size, (warmup + steps, micro_batch, seq + 1))
+
+    def step(i: int) -> None:
+        batch = data[i].to(dev, non_blocking=True)
+        with amp, _sdpa_backend(attn):
+            _, loss = run(batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        step(i)
+    synchronize(dev)
+    warmup_s = time.perf_counter() - t0
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    t0 = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        step(i)
+    if dev.type == "cuda":
+        end.record()
+        torch.cuda.synchronize()
+        ms = start.elapsed_time(end) / steps
+    else:
+        ms = (time.perf_counter() - t0) * 1000 / steps
+    tokens = micro_batch * seq
+    fpt = model.flops_per_token(seq)
+    from budgetlm.hardware import peak_flops
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    peak = peak_flops(name) if dev.type == "cuda" else None
+    tps = tokens / (ms / 1000)
+    return {"model": model_name, "params": model.num_params(), "seq": seq, "micro_batch": micro_batch,
+            "ms_per_step": ms, "tokens_per_s": tps, "mfu": tps * fpt / peak if peak else None,
+            "tflops": tps * fpt / 1e12, "peak_mem_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None,
+            "warmup_s": warmup_s, "device": name, "compile": compile, "fused_loss": fused_loss,
+            "vocab_multiple": cfg.vocab_multiple, "attn": attn, "fused_adam": fused_adam, "dtype": dtype,
+            "recompute": recompute, "steps": steps}
+
+
+def _stamp() -> dict:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        sha = "unknown"
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": sha,
+            "torch": torch.__version__, "cuda": torch.version.cuda, "host": platform.node()}
+
+
+def record(rows: list[dict], benchmark: str, path: Path = RESULTS) -> None:
+    stamp = _stamp()
+    with open(path, "a") as f:
+        for r in rows:
+            f.write(json.dumps({**stamp, "benchmark": benchmark, **r}) + "\n")
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'setting':<28}{'ms/step':>9}{'tok/s':>11}{'MFU':>7}{'TFLOP/s':>9}{'mem GB':>8}")
+    for r in rows:
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
+        mem = f"{r['peak_mem_gb']:.1f}" if r.get("peak_mem_gb") else "-"
+        print(f"{r.get('setting', r['model']):<28}{r['ms_per_step']:>9.1f}{r['tokens_per_s']:>11,.0f}{mfu:>7}"
+              f"{r['tflops']:>9.1f}{mem:>8}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    if args.seq < 1 or args.micro_batch < 1 or args.steps < 1:
+        raise BudgetLMError("--seq, --micro-batch and --steps must be positive")
+    base = dict(model_name=args.model, seq=args.seq, micro_batch=args.micro_batch, steps=args.steps,
+                warmup=args.warmup, compile=args.compile == "on", fused_loss=args.fused_loss == "on",
+                attn=args.attn, fused_adam=args.fused_adam == "on", dtype=args.dtype, recompute=args.recompute,
+                device=args.device or "auto")
+    if args.vocab_multiple is not None:
+        base["vocab_multiple"] = args.vocab_multiple
+    settings = ABLATION if args.ablation else {"as given": {}}
+    rows = []
+    for name, change in settings.items():
+        try:
+            r = bench_one(**{**base, **change})
+        except torch.OutOfMemoryError:
+            print(f"{name}: out of memory")
+            torch.cuda.empty_cache()
+            continue
+        r["setting"] = name
+        rows.append(r)
+        print_rows([r])
+    if rows and not args.no_record:
+        record(rows, "bench-ablation" if args.ablation else "bench", Path(args.results))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="time training steps: ms/step, tokens/s, MFU, peak memory")
+    p.add_argument("--model", default="gpt2-124m")
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--compile", choices=["on", "off"], default="on")
+    p.add_argument("--fused-loss", choices=["on", "off"], default="on")
+    p.add_argument("--fused-adam", choices=["on", "off"], default="on")
+    p.add_argument("--vocab-multiple", type=int)
+    p.add_argument("--attn", choices=["auto", "flash", "cudnn", "efficient", "math"], default="auto")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--recompute", type=int, choices=[0, 1, 2], default=0)
+    p.add_argument("--device")
+    p.add_argument("--ablation", action="store_true", help="run the fast path and each piece switched off")
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--no-record", action="store_true")
+    p.set_defaults(fn=cmd_bench)
