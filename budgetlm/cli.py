@@ -127,10 +127,28 @@ def cmd_eval(args: argparse.Namespace) -> None:
     device = next(model.parameters()).device
     result = evaluate(model, val, tok.token_bytes(), seq, args.batch_size, device, max_tokens=args.max_tokens or 0)
     result.update({"checkpoint": str(ckpt), "split": args.split})
+    fuser = None
+    if args.fuse:
+        from budgetlm.fusion import Fuser
+        fuser = Fuser.build(model, args.data, args.fuse, tok, log=lambda m: print(m, file=sys.stderr))
+        fused = evaluate(model, val, tok.token_bytes(), seq, args.batch_size, device,
+                         max_tokens=args.max_tokens or 0, logits_fn=fuser.logits_fn)
+        result["fused"] = {"spec": args.fuse, **fused}
     if args.stories:
+        from budgetlm.data.prepare import load_meta
         from budgetlm.eval.story_eval import story_eval
-        result.update(story_eval(model, tok, args.stories, seed=args.seed))
-    print(json.dumps(result, indent=2))
+        lower = bool(load_meta(args.data).get("lowercase"))
+        result["stories"] = story_eval(model, tok, args.stories, seed=args.seed, lowercase_prompts=lower,
+                                       logits_hook=fuser.logits_hook if fuser else None)
+    if args.judge:
+        from budgetlm.eval.judge import Judge
+        if not args.stories:
+            raise BudgetLMError("--judge needs --stories N (stories to judge)")
+        st = result["stories"]["stories"]
+        result["judge"] = {k: v for k, v in Judge(cache_path=args.judge_cache).score_many(
+            [s["text"] for s in st], [s["prompt"] for s in st]).items() if k != "results"}
+    print(json.dumps({k: v for k, v in result.items() if k != "stories"} |
+                     ({"story_metrics": result["stories"]["story_metrics"]} if args.stories else {}), indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
@@ -141,8 +159,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     model, tok, _ = load_model(args.checkpoint, args.device or "auto")
     temp = None if args.greedy else args.temperature
+    hook = None
+    if args.fuse:
+        from budgetlm.fusion import Fuser
+        if not args.data and any(h in args.fuse for h in ("knn", "ngram:")) and "@" not in args.fuse:
+            raise BudgetLMError("--fuse with ngram or knn heads needs --data (the prepared folder they are built from)")
+        fuser = Fuser.build(model, args.data, args.fuse, tok, log=lambda m: print(m, file=sys.stderr))
+        hook = fuser.logits_hook
     for i in range(args.n):
-        s = sample_text(model, tok, args.prompt, args.max_tokens, temp, args.top_k, args.top_p, args.seed + i)
+        s = sample_text(model, tok, args.prompt, args.max_tokens, temp, args.top_k, args.top_p, args.seed + i,
+                        logits_hook=hook)
         print(s.text)
         print(f"[{len(s.tokens)} tokens, {s.tokens_per_s:,.0f} tokens/s]", file=sys.stderr)
         if i + 1 < args.n:
@@ -190,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=16)
     sp.add_argument("--max-tokens", type=int)
     sp.add_argument("--stories", type=int, default=0, help="also generate N stories and score their quality")
+    sp.add_argument("--fuse", help="also score with shallow fusion, e.g. ngram:0.2,cache:0.1,knn:0.1")
+    sp.add_argument("--judge", action="store_true", help="score the stories with an LLM judge (BUDGETLM_JUDGE_*)")
+    sp.add_argument("--judge-cache", help="JSONL cache of judge replies")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--device")
     sp.add_argument("--out", help="write the results as JSON here")
@@ -204,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-p", type=float, default=0.95)
     sp.add_argument("--greedy", action="store_true")
     sp.add_argument("-n", type=int, default=1, help="number of samples")
+    sp.add_argument("--fuse", help="shallow fusion, e.g. ngram:0.2,cache:0.1,knn:0.1")
+    sp.add_argument("--data", help="prepared data folder (for --fuse ngram/knn heads)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--device")
     sp.set_defaults(fn=cmd_sample)
@@ -222,9 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--compile", choices=["auto", "on", "off"])
     sp.set_defaults(fn=cmd_speedrun)
 
-    from budgetlm import bench, export
+    from budgetlm import bench, export, ngram_cli
     export.register(sub)
     bench.register(sub)
+    ngram_cli.register(sub)
     return p
 
 

@@ -96,3 +96,22 @@ def test_speedrun_on_shared_tinystories(stories_path, tmp_path):
     assert np.isfinite(summary["val_bpb"]) and summary["val_bpb"] < 3.0
     samples = json.loads((tmp_path / "run" / "samples.json").read_text())
     assert samples[0]["prompt"] == "once upon a time"  # the shared copy is lower-cased, so are the prompts
+
+
+def test_ngram_build_and_fused_eval(synth_data, tmp_path):
+    res = run("ngram", "build", "--data", str(synth_data), "--order", "2..3", "--json", str(tmp_path / "ng.json"))
+    assert res.returncode == 0, res.stderr
+    rows = json.loads((tmp_path / "ng.json").read_text())
+    assert [r["order"] for r in rows] == [2, 3] and rows[1]["val_bpb"] < rows[0]["val_bpb"]
+    one_line_error(run("ngram", "build", "--data", str(synth_data), "--order", "two"), "--order")
+    out = tmp_path / "run"
+    assert run("train", "--data", str(synth_data), "--budget", "5-steps", "--out", str(out), "--n-layer", "1",
+               "--n-head", "2", "--n-embd", "16", "--seq-len", "32", "--no-progress").returncode == 0
+    ev = run("eval", str(out), "--data", str(synth_data), "--fuse", "ngram:0.5,cache:0.1", "--max-tokens", "2000",
+             "--stories", "2", "--out", str(tmp_path / "ev.json"))
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads((tmp_path / "ev.json").read_text())
+    # a 5-step transformer is near uniform; half an n-gram must lower its loss a lot
+    assert result["fused"]["val_loss"] < result["val_loss"] - 0.5
+    assert len(result["stories"]["stories"]) == 2 and "rep_ngram_3" in result["stories"]["story_metrics"]
+    one_line_error(run("eval", str(out), "--data", str(synth_data), "--fuse", "magic:0.5"), "--fuse")
