@@ -32,13 +32,15 @@ SETTINGS = {
     "anchor threads=1": dict(ANCHOR, threads=1),
     "anchor bf16": dict(ANCHOR, dtype="bf16"),
     "seq128": dict(ANCHOR, seq=128),
-    "seq64": dict(ANCHOR, seq=64),
-    "seq128 b64": dict(ANCHOR, seq=128, batch=64),
-    "vocab2048 seq128": dict(ANCHOR, vocab=2048, seq=128),
-    "vocab1024 seq128": dict(ANCHOR, vocab=1024, seq=128),
-    "vocab2048 seq128 +compile": dict(ANCHOR, vocab=2048, seq=128, compile=True),
-    "vocab2048 seq128 3x128": dict(ANCHOR, vocab=2048, seq=128, n_layer=3),
-    "vocab2048 seq128 5x160": dict(ANCHOR, vocab=2048, seq=128, n_layer=5, n_embd=160, n_head=5),
+    "seq64 b64": dict(ANCHOR, seq=64, batch=64),
+    "v2048 seq128": dict(ANCHOR, vocab=2048, seq=128),
+    "v2048 seq128 b64": dict(ANCHOR, vocab=2048, seq=128, batch=64),
+    "v2048 seq64 b64": dict(ANCHOR, vocab=2048, seq=64, batch=64),
+    "v2048 seq128 +compile": dict(ANCHOR, vocab=2048, seq=128, compile=True),
+    "v1024 seq128": dict(ANCHOR, vocab=1024, seq=128),
+    "v1024 seq64 b64": dict(ANCHOR, vocab=1024, seq=64, batch=64),
+    "v2048 seq128 4x160": dict(ANCHOR, vocab=2048, seq=128, n_embd=160),
+    "v2048 seq128 6x128": dict(ANCHOR, vocab=2048, seq=128, n_layer=6),
 }
 
 
