@@ -64,6 +64,8 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     run = torch.compile(model) if compile else model
     amp = autocast_ctx(dev, torch.bfloat16 if dtype in ("bf16", "bfloat16") else torch.float32)
     data = torch.randint(0, cfg.vocab_size, (warmup + steps, micro_batch, seq + 1))
+    if dev.type == "cuda":  # pageable copies would block the host until the GPU is idle
+        data = data.pin_memory()
 
     def step(i: int) -> None:
         batch = data[i].to(dev, non_blocking=True)

@@ -135,7 +135,7 @@ class TrainConfig:
     log_every: int = 10
     out_dir: str = "runs/latest"
     progress: bool = True
-    fused_loss: str = "auto"  # auto | on | off: chunked head + cross-entropy (auto: on for CUDA)
+    fused_loss: str = "auto"  # auto | on | off: chunked head + cross-entropy, saves memory (auto: off)
     recompute: int = 0  # activation recomputation: 0 off, 1 MLPs, 2 whole blocks (llm.c -r)
     teacher: str | None = None  # e.g. "ngram:4": distill from an n-gram for the first steps
     distill_steps: int = 200

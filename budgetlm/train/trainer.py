@@ -140,8 +140,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
         model.set_recompute(cfg.recompute)
     if hasattr(model, "fused_loss"):
         # The chunked loss never forms logits, which a distillation hook needs.
-        model.fused_loss = cfg.fused_loss == "on" or (cfg.fused_loss == "auto" and device.type == "cuda"
-                                                      and loss_hook is None)
+        # Measured on an H100 (benchmarks/RESULTS.md): the compiled plain loss is faster than the
+        # eager chunked one, which pays only when memory is short; so `auto` means off.
+        model.fused_loss = cfg.fused_loss == "on" and loss_hook is None
     n_params = model.num_params() if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
     peak = _device_peak(device)
     run_model = torch.compile(model) if should_compile(cfg.compile, device) else model
@@ -149,6 +150,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     token_bytes = tokenizer.token_bytes()
     final_eval_tokens = cfg.final_eval_tokens or val_tokens.size
     ckpt_root = out / "checkpoints"
+    pending_losses: list[torch.Tensor] = []  # per-step losses not yet read back from the device
     metrics_f = open(out / "metrics.jsonl", "a")
     flops_per_token = model.flops_per_token(cfg.seq_len) if hasattr(model, "flops_per_token") else 6 * n_params
 
@@ -158,6 +160,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
 
     def checkpoint() -> float:
         t = time.perf_counter()
+        if pending_losses:
+            losses.extend(torch.stack(pending_losses).tolist())
+            pending_losses.clear()
         state = {"optimizer": optimizer.state_dict(), "loader": loader.state_dict(), "step": step,
                  "tokens": tokens_seen, "max_frac": max_frac, "losses": losses, "elapsed": clock.elapsed(),
                  "rng": _rng_state(), "budget": cfg.budget, "train_config": to_dict(cfg)}
@@ -197,7 +202,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
                 lr = lr_at(max_frac, cfg.lr, cfg.schedule, 0.0, cfg.min_lr_frac) * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), device=device)
             for _ in range(accum):
                 x, y = loader.next_batch()
                 if device.type == "cuda":  # pinned host memory makes the copy truly asynchronous
@@ -209,16 +214,21 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
                     if objective is None:
                         objective = loss
                 (objective / accum).backward()
-                loss_sum += loss.item() / accum  # the plain next-token loss, comparable across runs
-            if not math.isfinite(loss_sum):
-                raise BudgetLMError(f"training diverged at step {step} (loss {loss_sum}); try a lower --lr")
+                loss_sum += loss.detach() / accum  # the plain next-token loss, comparable across runs
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             tokens_seen += accum * micro_tokens
             session_tokens += accum * micro_tokens
-            losses.append(loss_sum)
+            # Reading the loss waits for the GPU; do it only when logging so the host runs ahead.
+            pending_losses.append(loss_sum)
+            if step % cfg.log_every == 0 or step == 1 or not device.type == "cuda":
+                losses.extend(torch.stack(pending_losses).tolist())
+                pending_losses.clear()
+                if not math.isfinite(losses[-1]):
+                    raise BudgetLMError(f"training diverged at step {step} (loss {losses[-1]}); try a lower --lr")
+            loss_val = losses[-1]
             tok_rate = session_tokens / max(time.perf_counter() - session_start, 1e-9)
             if eval_speed is None and step == 3:  # time one eval batch once warm, to size the final eval
                 t = time.perf_counter()
@@ -231,9 +241,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
                 reserve = reserve_s + 1.0 + 1.1 * final_eval_tokens / eval_speed
             elif eval_speed is None:  # forward-only is ~3x a training step; assume 2x until measured
                 reserve = reserve_s + 1.0 + min(final_eval_tokens / max(2 * tok_rate, 1.0), 0.1 * budget.amount)
-            progress.update(max_frac, step, loss_sum, tok_rate, lr)
+            progress.update(max_frac, step, loss_val, tok_rate, lr)
             if step % cfg.log_every == 0 or step == 1:
-                rec = {"step": step, "tokens": tokens_seen, "loss": loss_sum, "lr": lr, "frac": max_frac,
+                rec = {"step": step, "tokens": tokens_seen, "loss": loss_val, "lr": lr, "frac": max_frac,
                        "tok_per_s": tok_rate, "elapsed": clock.elapsed(), "epoch": loader.epoch,
                        "flops_per_s": tok_rate * flops_per_token}
                 if peak:
@@ -256,6 +266,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     finally:
         progress.close()
 
+    if pending_losses:
+        losses.extend(torch.stack(pending_losses).tolist())
     train_seconds = clock.elapsed() - train_start
     if interrupted:
         checkpoint()
