@@ -20,7 +20,8 @@ from budgetlm.errors import BudgetLMError
 
 @dataclass(frozen=True)
 class GPUSpec:
-    """One accelerator: name, dense bf16 peak (TFLOP/s), memory (GB = 1e9 bytes), bf16 support."""
+    """One accelerator: name, dense bf16 peak (TFLOP/s), memory (GB = 1e9 bytes), bf16 support, and
+    the torch device type it runs as (cuda also for ROCm builds), which decides the trainer's defaults."""
 
     key: str
     name: str
@@ -28,6 +29,7 @@ class GPUSpec:
     mem_gb: float
     bf16: bool = True
     note: str = ""
+    device: str = "cuda"
 
     @property
     def peak_flops(self) -> float:
@@ -60,10 +62,10 @@ GPUS: dict[str, GPUSpec] = {s.key: s for s in (
     GPUSpec("mi300x", "AMD Instinct MI300X", 1307.4, 192),
     GPUSpec("rtx3090", "NVIDIA GeForce RTX 3090", 71, 24),
     GPUSpec("rtx4090", "NVIDIA GeForce RTX 4090", 165.2, 24),
-    GPUSpec("m1", "Apple M1 (GPU, fp32)", 2.6, 16, bf16=False, note="unified memory"),
-    GPUSpec("m2", "Apple M2 (GPU, fp32)", 3.6, 16, bf16=False, note="unified memory"),
-    GPUSpec("m3", "Apple M3 (GPU, fp32)", 4.1, 16, bf16=False, note="unified memory"),
-    GPUSpec("m4", "Apple M4 (GPU, fp32)", 4.3, 16, bf16=False, note="unified memory"),
+    GPUSpec("m1", "Apple M1 (GPU, fp32)", 2.6, 16, bf16=False, note="unified memory", device="mps"),
+    GPUSpec("m2", "Apple M2 (GPU, fp32)", 3.6, 16, bf16=False, note="unified memory", device="mps"),
+    GPUSpec("m3", "Apple M3 (GPU, fp32)", 4.1, 16, bf16=False, note="unified memory", device="mps"),
+    GPUSpec("m4", "Apple M4 (GPU, fp32)", 4.3, 16, bf16=False, note="unified memory", device="mps"),
 )}
 ALIASES = {"a100": "a100-80gb", "h100-sxm": "h100", "h100-80gb": "h100", "3090": "rtx3090", "4090": "rtx4090",
            "mi300": "mi300x", "a100-sxm4-40gb": "a100-40gb", "a100-sxm4-80gb": "a100-80gb"}
@@ -84,7 +86,7 @@ def get_gpu(name: str, tflops: float | None = None, mem_gb: float | None = None,
         return GPUSpec("custom", f"custom ({tflops:g} TFLOP/s, {mem_gb:g} GB)", tflops, mem_gb)
     if key == "cpu":
         spec = GPUSpec("cpu", "CPU (fp32)", (measure_cpu_tflops() if measure_cpu else CPU_DEFAULT_TFLOPS),
-                       _ram_gb(), bf16=False, note="measured matmul" if measure_cpu else "rough default")
+                       _ram_gb(), bf16=False, note="measured matmul" if measure_cpu else "rough default", device="cpu")
     elif key in GPUS:
         spec = GPUS[key]
     else:
@@ -92,7 +94,7 @@ def get_gpu(name: str, tflops: float | None = None, mem_gb: float | None = None,
     for flag, val in (("--tflops", tflops), ("--mem-gb", mem_gb)):
         if val is not None and val <= 0:
             raise BudgetLMError(f"{flag} must be positive, got {val}")
-    return GPUSpec(spec.key, spec.name, tflops or spec.tflops, mem_gb or spec.mem_gb, spec.bf16, spec.note)
+    return GPUSpec(spec.key, spec.name, tflops or spec.tflops, mem_gb or spec.mem_gb, spec.bf16, spec.note, spec.device)
 
 
 def peak_flops(device_name: str) -> float | None:

@@ -1,26 +1,33 @@
 """How many parameters a shape has and how much accelerator memory one training step needs.
 
 Parameter counts come from building the real model on the `meta` device (no storage, exact
-numel), so the planner never drifts from budgetlm.models. The memory model follows what our
-trainer actually keeps alive under PyTorch AMP (fp32 parameters, bf16 autocast, AdamW), so
-that it can be checked against torch.cuda.max_memory_allocated (benchmarks/plan_check.py):
+numel, vocabulary padding included), so the planner never drifts from budgetlm.models. The
+memory model follows what our trainer keeps alive under PyTorch AMP (fp32 parameters, bf16
+autocast, AdamW), so it can be checked against torch.cuda.max_memory_allocated
+(benchmarks/plan_check.py; on an H100 the eager estimate was 1-3% above the measured peak):
 
   weights    4 B/param   fp32 parameters (AMP keeps the master copy *as* the parameters)
-  grads      4 B/param   fp32 .grad (kept across micro-batches when accumulating)
+  grads      4 B/param   fp32 .grad (resident from the 2nd micro-batch of an accumulating step)
   optimizer  8 B/param   AdamW exp_avg + exp_avg_sq, fp32
              = 16 B/param in total; zero1 shards the optimizer over N GPUs, fsdp all three.
   weight_copies          bf16 casts of every matmul weight that autocast makes in the forward
                          and autograd keeps for the backward (2 B per matmul param); under fsdp
                          only the two layers being gathered are resident
   activations            saved tensors per layer per token (see layer_activation_bytes), times
-                         B*T*L; with full recompute only each layer's fp32 input is kept, plus
-                         one layer's full set while it is recomputed in the backward
-  logits                 B*T*V elements: bf16 logits (held by the trainer), fp32 log-softmax
-                         (saved by cross-entropy) and the fp32 gradient pair at the start of the
-                         backward: 2+4+4+4 = 14 B/element (16 in fp32). Eager upper bound: a
-                         compiled or fused cross-entropy needs less.
+                         B*T*L. Recompute level 1 (MLPs) keeps the MLP's fp32 input instead of
+                         its tensors; level 2 (whole blocks) keeps only each block's fp32 input.
+                         Either adds back one layer's worth while it is recomputed.
+  logits                 the loss head. Plain path: B*T*V elements of bf16 logits (held by the
+                         trainer), fp32 log-softmax (saved by cross-entropy) and the fp32
+                         gradient pair at the start of the backward: 2+4+4+4 = 14 B/element
+                         (16 in fp32). Fused chunked path (models/fused_ce.py, opt-in with
+                         TrainConfig.fused_loss = "on"): one 4096-row chunk of fp32 logits and temporaries
+                         (~12 B/element) plus bf16 copies of hidden and head weight, and the
+                         saved fp32 d(hidden), d(weight).
   overhead               fixed CUDA context, cuBLAS workspace and allocator slack; not part of
                          max_memory_allocated, but part of what must fit on the card
+torch.compile fuses elementwise ops and saves less (15-40% below this estimate, measured), so
+the estimate is an upper bound for compiled runs (the trainer compiles on CUDA).
 """
 
 from __future__ import annotations
@@ -49,9 +56,11 @@ def _stats(cfg: ModelConfig) -> dict[str, float]:
         with torch.device("meta"):
             model = build_model(cfg)
         matmul = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)}
-        layer = sum(p.numel() for p in model.blocks[0].parameters()) if hasattr(model, "blocks") else 0
+        block = model.blocks[0] if hasattr(model, "blocks") else None
+        layer = sum(p.numel() for p in block.parameters()) if block is not None else 0
+        mlp = sum(p.numel() for p in block.mlp.parameters()) if block is not None else 0
         _STATS[key] = {"params": float(model.num_params()), "matmul": float(sum(matmul.values())),
-                       "layer": float(layer), "fpt_base": float(model.flops_per_token(0)),
+                       "layer": float(layer), "mlp": float(mlp), "fpt_base": float(model.flops_per_token(0)),
                        "fpt_per_seq": float(model.flops_per_token(1) - model.flops_per_token(0))}
     return _STATS[key]
 
@@ -61,10 +70,25 @@ def count_params(cfg: ModelConfig) -> int:
     return int(_stats(cfg)["params"])
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """GPT.flops_per_token(seq_len) without allocating the model: 6N + attention."""
+def flops_per_token(cfg: ModelConfig, seq_len: int, recompute: int = 0) -> float:
+    """GPT.flops_per_token(seq_len) without allocating the model: 6N + attention; recompute
+    adds the forward it redoes: the MLPs (2 FLOPs/param) at level 1, whole blocks at level 2."""
     s = _stats(cfg)
-    return s["fpt_base"] + s["fpt_per_seq"] * seq_len
+    fpt = s["fpt_base"] + s["fpt_per_seq"] * seq_len
+    level = _level(recompute)
+    if level == 1:
+        fpt += 2 * cfg.n_layer * s["mlp"]
+    elif level == 2:
+        fpt += 2 * cfg.n_layer * s["layer"] + s["fpt_per_seq"] * seq_len / 3
+    return fpt
+
+
+def _level(recompute: bool | int) -> int:
+    """Recompute level from a bool (True = whole blocks, as llm.c -r 2) or 0/1/2."""
+    level = 2 if recompute is True else int(recompute or 0)
+    if level not in (0, 1, 2):
+        raise BudgetLMError(f"--recompute must be 0 (off), 1 (MLPs) or 2 (whole blocks), got {recompute!r}")
+    return level
 
 
 def _act_bytes(dtype: str) -> tuple[int, int]:
@@ -103,11 +127,28 @@ def layer_activation_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "bfloat1
     return {"attention": float(attn), "mlp": float(mlp), "total": float(attn + mlp)}
 
 
+def loss_head_bytes(cfg: ModelConfig, tokens: int, dtype: str = "bfloat16", fused_loss: bool = False,
+                    chunk_rows: int = 4096) -> float:
+    """Peak bytes of the LM head + cross-entropy for `tokens` rows (see the module docstring)."""
+    a, r = _act_bytes(dtype)
+    V, Vp, d = cfg.vocab_size, cfg.padded_vocab, cfg.n_embd
+    if not fused_loss:
+        return tokens * (a * Vp + 12.0 * V)
+    copy = a if a == 2 else 0  # fp32 compute uses the tensors themselves
+    saved = r * tokens * d + 4 * Vp * d  # d(hidden), d(weight) saved for the backward
+    forward = copy * (tokens + Vp) * d + 12.0 * min(chunk_rows, tokens) * Vp
+    backward = r * tokens * d + 4 * Vp * d  # grad_h * grad_out, grad_w * grad_out
+    return saved + max(forward, backward)
+
+
 def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str = "bfloat16",
-                    sharding: str = "none", n_gpus: int = 1, recompute: bool = False,
-                    attention: str = "flash") -> dict[str, float]:
+                    sharding: str = "none", n_gpus: int = 1, recompute: bool | int = False,
+                    attention: str = "flash", fused_loss: bool = False,
+                    overhead: float = OVERHEAD_BYTES) -> dict[str, float]:
     """Peak bytes per GPU for one training step, by part (see the module docstring).
 
+    recompute: False/0 off, 1 MLPs, True/2 whole blocks (TrainConfig.recompute).
+    overhead: fixed bytes beside the tensors (CUDA context etc.; 0 for a CPU).
     Keys: weights, grads, optimizer, weight_copies, activations, logits, overhead,
     allocated (all but overhead: comparable to torch.cuda.max_memory_allocated) and total.
     """
@@ -115,6 +156,7 @@ def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str
         raise BudgetLMError(f"--sharding must be one of {', '.join(SHARDINGS)}, got {sharding!r}")
     if n_gpus < 1 or micro_batch < 0 or seq_len < 1:
         raise BudgetLMError(f"--gpus/micro-batch/--seq-len must be positive (got {n_gpus}, {micro_batch}, {seq_len})")
+    level = _level(recompute)
     s = _stats(cfg)
     a, r = _act_bytes(dtype)
     P = s["params"]
@@ -126,27 +168,28 @@ def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str
         copies = 2 * s["layer"] * (4 + (2 if a == 2 else 0))
     out["weight_copies"] = copies
     tokens = micro_batch * seq_len
-    per_layer = layer_activation_bytes(cfg, seq_len, dtype, attention)["total"]
+    per = layer_activation_bytes(cfg, seq_len, dtype, attention)
     head = r * cfg.n_embd + r * cfg.n_embd + a * cfg.n_embd  # embedding output, norm_f input + cast
-    if recompute:  # keep each block's input; rebuild one block's saved tensors during its backward
-        out["activations"] = tokens * (cfg.n_layer * r * cfg.n_embd + per_layer + head)
-    else:
-        out["activations"] = tokens * (cfg.n_layer * per_layer + head)
-    out["logits"] = tokens * cfg.vocab_size * (a + 12.0)
-    out["overhead"] = OVERHEAD_BYTES
+    kept = {0: per["total"], 1: per["attention"] + r * cfg.n_embd, 2: r * cfg.n_embd}[level]
+    redo = {0: 0.0, 1: per["mlp"], 2: per["total"]}[level]  # one layer rebuilt during its backward
+    out["activations"] = tokens * (cfg.n_layer * kept + redo + head)
+    out["logits"] = loss_head_bytes(cfg, tokens, dtype, fused_loss)
+    out["overhead"] = float(overhead)
     out["allocated"] = sum(v for k, v in out.items() if k != "overhead")
-    out["total"] = out["allocated"] + OVERHEAD_BYTES
+    out["total"] = out["allocated"] + out["overhead"]
     return out
 
 
 def pick_micro_batch(cfg: ModelConfig, seq_len: int, mem_bytes: float, dtype: str = "bfloat16",
-                     sharding: str = "none", n_gpus: int = 1, recompute: bool = False,
-                     max_micro: int = 64, headroom: float = 0.10) -> int:
+                     sharding: str = "none", n_gpus: int = 1, recompute: bool | int = False,
+                     max_micro: int = 64, headroom: float = 0.10, fused_loss: bool = False,
+                     overhead: float = OVERHEAD_BYTES) -> int:
     """Largest power of two whose estimate fits in (1 - headroom) of memory; 0 if not even 1 fits.
     Headroom covers what the model leaves out (fragmentation, compile workspaces, temporaries)."""
     best, b = 0, 1
     while b <= max_micro:
-        est = memory_estimate(cfg, b, seq_len, dtype, sharding, n_gpus, recompute)["total"]
+        est = memory_estimate(cfg, b, seq_len, dtype, sharding, n_gpus, recompute, fused_loss=fused_loss,
+                              overhead=overhead)["total"]
         if est > (1 - headroom) * mem_bytes:
             break
         best, b = b, b * 2
@@ -154,14 +197,18 @@ def pick_micro_batch(cfg: ModelConfig, seq_len: int, mem_bytes: float, dtype: st
 
 
 def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch.device, steps: int | None,
-                 seconds: float | None, dtype: torch.dtype, compile: bool = False) -> dict[str, Any]:
+                 seconds: float | None, dtype: torch.dtype, compile: bool = False, accum: int = 1,
+                 fused_loss: bool = False, recompute: int = 0) -> dict[str, Any]:
     """Real AdamW steps on random tokens, as the trainer takes them (fp32 params, autocast,
-    logits held through the backward, clip, step, zero_grad(set_to_none))."""
+    logits held through the backward, `accum` micro-batches, clip, step, zero_grad(set_to_none))."""
     from contextlib import nullcontext
 
     cfg = dataclasses.replace(cfg, block_size=max(cfg.block_size, seq_len))
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
+    if hasattr(model, "set_recompute"):  # the trainer's switches, set the way it sets them
+        model.set_recompute(_level(recompute))
+        model.fused_loss = fused_loss
     run = torch.compile(model) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             **({"fused": True} if device.type == "cuda" else {"foreach": True}))
@@ -175,9 +222,10 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
 
     def step() -> float:
         t = time.perf_counter()
-        with ctx:
-            logits, loss = run(x, y)
-        loss.backward()
+        for _ in range(accum):
+            with ctx:
+                logits, loss = run(x, y)
+            (loss / accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -191,8 +239,8 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
     while (steps is not None and len(times) < steps) or (seconds is not None and time.perf_counter() - t0 < seconds):
         times.append(step())
     step_s = statistics.median(times) if times else first
-    return {"first_step_s": first, "step_s": step_s, "steps": len(times),
-            "tokens_per_s": micro_batch * seq_len / step_s, "params": count_params(cfg)}
+    return {"first_step_s": first, "step_s": step_s, "steps": len(times), "accum": accum,
+            "tokens_per_s": accum * micro_batch * seq_len / step_s, "params": count_params(cfg)}
 
 
 def measure_throughput(cfg: ModelConfig, micro_batch: int, seq_len: int, seconds: float = 3.0,
@@ -206,15 +254,23 @@ def measure_throughput(cfg: ModelConfig, micro_batch: int, seq_len: int, seconds
 
 
 def measure_peak_memory(cfg: ModelConfig, micro_batch: int, seq_len: int, steps: int = 3,
-                        compile: bool = False) -> dict[str, Any]:
-    """Run `steps` real steps on CUDA (bf16 autocast, fused AdamW, fp32 params) and return
-    torch.cuda.max_memory_allocated with timings, to check memory_estimate()['allocated']."""
+                        compile: bool = False, accum: int = 2, fused_loss: bool = False,
+                        recompute: int = 0) -> dict[str, Any]:
+    """Run `steps` real steps on CUDA (bf16 autocast, fused AdamW, fp32 params; the chunked loss
+    head with fused_loss=True, recompute levels as TrainConfig.recompute) and return
+    torch.cuda.max_memory_allocated with timings, to check memory_estimate()['allocated'].
+
+    accum=2 by default because the estimate counts fp32 grads as resident during the forward,
+    which is true from the second micro-batch of an accumulating step (plans accumulate); with
+    accum=1 grads are None until the backward frees activations, and the peak is lower by up
+    to 4 B/param (measured on H100: tinyllama-1.1b ub 8, 35.3 GB vs 40.7 estimated)."""
     if not torch.cuda.is_available():
         raise BudgetLMError("measure_peak_memory needs a CUDA device")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    res = _train_steps(cfg, micro_batch, seq_len, torch.device("cuda"), steps, None, torch.bfloat16, compile)
+    res = _train_steps(cfg, micro_batch, seq_len, torch.device("cuda"), steps, None, torch.bfloat16, compile, accum,
+                       fused_loss, recompute)
     res.update({"max_allocated": torch.cuda.max_memory_allocated() - base,
                 "max_reserved": torch.cuda.max_memory_reserved(), "device": torch.cuda.get_device_name()})
     torch.cuda.empty_cache()

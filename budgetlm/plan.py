@@ -28,8 +28,8 @@ from typing import Any
 
 from budgetlm.config import MODEL_PRESETS, ModelConfig, model_config
 from budgetlm.errors import BudgetLMError
-from budgetlm.hardware import GPUSpec, get_gpu, local_device, measure_cpu_tflops, peak_flops
-from budgetlm.memory import (GB, SHARDINGS, count_params, flops_per_token, layer_activation_bytes,
+from budgetlm.hardware import GPUSpec, _ram_gb, get_gpu, local_device, measure_cpu_tflops, peak_flops
+from budgetlm.memory import (GB, OVERHEAD_BYTES, SHARDINGS, count_params, flops_per_token, layer_activation_bytes,
                              measure_peak_memory, measure_throughput, memory_estimate, pick_micro_batch)
 from budgetlm.train.budget import parse_budget
 
@@ -37,9 +37,10 @@ __all__ = ["count_params", "memory_estimate", "measure_peak_memory", "peak_flops
            "write_config", "register", "Plan", "Candidate", "ladder", "chinchilla_loss"]
 
 GOALS = ("compute-optimal", "inference-optimal", "fixed-params")
-FAMILIES = {"gpt2": {"vocab_size": 50257},  # GPT-2 BPE; the data's tokenizer decides at train time
-            "llama": {"vocab_size": 32000, "mlp": "swiglu", "norm": "rmsnorm", "pos": "rope", "bias": False,
-                      "tie_embeddings": False}}
+# GPT-2 BPE / Llama vocabularies (the data's tokenizer decides at train time), rows padded to 64 as the presets do.
+FAMILIES = {"gpt2": {"vocab_size": 50257, "vocab_multiple": 64},
+            "llama": {"vocab_size": 32000, "vocab_multiple": 64, "mlp": "swiglu", "norm": "rmsnorm", "pos": "rope",
+                      "bias": False, "tie_embeddings": False}}
 # (label, n_layer, n_embd, n_head, n_kv_head, mlp_hidden): tiny to multi-billion.
 # gpt2-48x2560 is the hand answer's "3B"; with 48 layers it has ~3.9B params (GPT-3 2.7B has 32).
 LADDERS: dict[str, list[tuple[str, int, int, int, int | None, int | None]]] = {
@@ -141,7 +142,8 @@ class Candidate:
     flops_per_token: float  # training FLOPs/token, recompute included
     micro_batch: int  # 0 = not even one sequence fits
     memory: dict[str, float]  # at micro_batch (or 1 if nothing fits), with the plan's recompute
-    memory_other: dict[str, float]  # same, recompute flipped: the with/without comparison
+    act_plain: float  # activation bytes at the same micro-batch without recompute
+    act_rc: float  # ... and with whole-block recompute (level 2): the with/without comparison
     tokens_per_s: float
     tokens_in_time: float
     epochs: float | None
@@ -158,17 +160,22 @@ class Candidate:
 
 def estimate(cfg: ModelConfig, gpu: GPUSpec, n_gpus: int = 1, seq_len: int = 1024, mfu: float = 0.40,
              time_s: float = 86400.0, data_tokens: float | None = None, sharding: str = "none",
-             recompute: bool = False, name: str = "", max_micro: int = 64) -> Candidate:
-    """Memory, micro-batch, tokens/s = gpus * peak * MFU / (FLOPs/token), and tokens in time_s."""
+             recompute: bool | int = 0, name: str = "", max_micro: int = 64,
+             fused_loss: bool | None = None) -> Candidate:
+    """Memory, micro-batch, tokens/s = gpus * peak * MFU / (FLOPs/token), and tokens in time_s.
+    fused_loss: the chunked loss head (TrainConfig.fused_loss = on); None = the trainer's default, off."""
     dtype = "bfloat16" if gpu.bf16 else "float32"
-    micro = pick_micro_batch(cfg, seq_len, gpu.mem_bytes, dtype, sharding, n_gpus, recompute, max_micro)
-    mem = memory_estimate(cfg, max(micro, 1), seq_len, dtype, sharding, n_gpus, recompute)
-    other = memory_estimate(cfg, max(micro, 1), seq_len, dtype, sharding, n_gpus, not recompute)
-    fpt = flops_per_token(cfg, seq_len) * (4 / 3 if recompute else 1)  # recompute = one more forward
+    fused = bool(fused_loss)
+    extra = {"fused_loss": fused, "overhead": OVERHEAD_BYTES if gpu.device != "cpu" else 0.0}
+    micro = pick_micro_batch(cfg, seq_len, gpu.mem_bytes, dtype, sharding, n_gpus, recompute, max_micro, **extra)
+    mem = memory_estimate(cfg, max(micro, 1), seq_len, dtype, sharding, n_gpus, recompute, **extra)
+    plain, rc = (memory_estimate(cfg, max(micro, 1), seq_len, dtype, sharding, n_gpus, lv, **extra)["activations"]
+                 for lv in (0, 2))
+    fpt = flops_per_token(cfg, seq_len, recompute)  # recompute adds the forward it redoes
     tps = n_gpus * gpu.peak_flops * mfu / fpt
     tokens = tps * time_s
     params = count_params(cfg)
-    return Candidate(name or f"{cfg.n_layer}x{cfg.n_embd}", cfg, params, fpt, micro, mem, other, tps, tokens,
+    return Candidate(name or f"{cfg.n_layer}x{cfg.n_embd}", cfg, params, fpt, micro, mem, plain, rc, tps, tokens,
                      tokens / data_tokens if data_tokens else None, chinchilla_loss(params, tokens, data_tokens))
 
 
@@ -186,7 +193,7 @@ class Plan:
     time_text: str
     data_tokens: float | None
     sharding: str
-    recompute: bool
+    recompute: int
     candidates: list[Candidate]
     choice: Candidate
     picks: dict[str, Candidate]  # what each goal would pick, to compare
@@ -195,9 +202,11 @@ class Plan:
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     data_dir: str | None = None
+    fused_loss: bool = False
 
 
-def _pick(goal: str, cands: list[Candidate], params: float | None, max_epochs: float, tol: float) -> tuple[Candidate, list[str]]:
+def _pick(goal: str, cands: list[Candidate], params: float | None, max_epochs: float,
+          tol: float) -> tuple[Candidate, list[str]]:
     """The candidate a goal recommends, and why. `cands` are the fitting ones, smallest first."""
     log20 = lambda c: abs(math.log(c.tokens_per_param / CHINCHILLA_TOKENS_PER_PARAM))  # noqa: E731
     ok_data = [c for c in cands if c.epochs is None or c.epochs <= max_epochs]
@@ -221,12 +230,19 @@ def _pick(goal: str, cands: list[Candidate], params: float | None, max_epochs: f
     why = [f"inference-optimal: the smallest shape that uses the whole time within {max_epochs:g} epochs "
            f"of the data and whose predicted loss is within {tol:.0%} of the best ({best.name}, "
            f"{best.loss:.3f}): {c.name} at {c.tokens_per_param:.0f} tokens/param, loss {c.loss:.3f}"]
+    smaller = [s for s in cands if s.params < c.params]
+    if smaller:
+        s = smaller[-1]
+        too_many = s.epochs is not None and s.epochs > max_epochs
+        why.append(f"the next smaller, {s.name}, would " + (f"need {s.epochs:.1f} epochs" if too_many else
+                   f"lose {s.loss / best.loss - 1:.1%} ({s.tokens_per_param:.0f} tokens/param, loss {s.loss:.3f})"))
     if not ok_data:
         why.append("no shape stays within the epoch limit: the data is too small for this much compute")
     return c, why
 
 
-def train_settings(c: Candidate, gpu: GPUSpec, n_gpus: int, seq_len: int, time_text: str) -> tuple[dict[str, Any], int]:
+def train_settings(c: Candidate, gpu: GPUSpec, n_gpus: int, seq_len: int, time_text: str,
+                   recompute: int = 0) -> tuple[dict[str, Any], int]:
     """[train] values for the chosen candidate, and the planned number of optimizer steps."""
     unit = c.micro_batch * seq_len * n_gpus
     total = total_batch_for(c.params)
@@ -237,17 +253,19 @@ def train_settings(c: Candidate, gpu: GPUSpec, n_gpus: int, seq_len: int, time_t
     train = {"budget": time_text, "batch_size": c.micro_batch, "total_batch_tokens": accum * c.micro_batch * seq_len,
              "seq_len": seq_len, "lr": lr_for(c.params), "min_lr_frac": 0.1,
              "warmup_steps": max(1, round(0.015 * steps)), "schedule": "cosine", "weight_decay": 0.1,
-             "beta2": 0.95, "grad_clip": 1.0, "dtype": "bfloat16" if gpu.bf16 else "float32", "compile": "auto"}
+             "beta2": 0.95, "grad_clip": 1.0, "dtype": "bfloat16" if gpu.bf16 else "float32", "compile": "auto",
+             "recompute": recompute}
     return train, steps
 
 
 def make_plan(gpu: str | GPUSpec = "h100", n_gpus: int = 1, tokens: str | float | None = None,
               time_budget: str | float = "24h", goal: str = "compute-optimal", params: str | float | None = None,
               family: str = "gpt2", seq_len: int = 1024, mfu: float = 0.40, tflops: float | None = None,
-              mem_gb: float | None = None, sharding: str = "none", recompute: bool = False,
+              mem_gb: float | None = None, sharding: str = "none", recompute: bool | int = 0,
               vocab_size: int | None = None, max_epochs: float = MAX_EPOCHS, loss_tolerance: float = 0.02,
-              data_dir: str | None = None) -> Plan:
-    """Estimate every candidate of the family and recommend one for `goal` (see module docstring)."""
+              data_dir: str | None = None, fused_loss: bool | None = None) -> Plan:
+    """Estimate every candidate of the family and recommend one for `goal` (see module docstring).
+    recompute: 0 off, 1 MLPs, 2 (or True) whole blocks, as TrainConfig.recompute."""
     spec = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu, tflops, mem_gb)
     if goal not in GOALS:
         raise BudgetLMError(f"--goal must be one of {', '.join(GOALS)}, got {goal!r}")
@@ -265,7 +283,10 @@ def make_plan(gpu: str | GPUSpec = "h100", n_gpus: int = 1, tokens: str | float 
         raise BudgetLMError("--goal fixed-params needs --params (e.g. --params 1.5B)")
     time_s = parse_time(time_budget)
     time_text = time_budget if isinstance(time_budget, str) else f"{time_s:g}s"
-    cands = [estimate(cfg, spec, n_gpus, seq_len, mfu, time_s, data, sharding, recompute, name)
+    level = 2 if recompute is True else int(recompute or 0)
+    if level not in (0, 1, 2):
+        raise BudgetLMError(f"--recompute must be 0, 1 or 2, got {recompute!r}")
+    cands = [estimate(cfg, spec, n_gpus, seq_len, mfu, time_s, data, sharding, level, name, fused_loss=fused_loss)
              for name, cfg in ladder(family, seq_len, vocab_size)]
     fitting = [c for c in cands if c.fits]
     if not fitting:
@@ -273,16 +294,22 @@ def make_plan(gpu: str | GPUSpec = "h100", n_gpus: int = 1, tokens: str | float 
                             f"try --sharding fsdp with more --gpus, --recompute or a shorter --seq-len")
     picks = {g: _pick(g, fitting, want, max_epochs, loss_tolerance)[0] for g in GOALS if g != "fixed-params" or want}
     choice, reasons = _pick(goal, fitting, want, max_epochs, loss_tolerance)
-    train, steps = train_settings(choice, spec, n_gpus, seq_len, time_text)
-    plan = Plan(spec, n_gpus, goal, family, seq_len, mfu, time_s, time_text, data, sharding, recompute, cands,
-                choice, picks, train, steps, reasons, data_dir=data_dir)
+    train, steps = train_settings(choice, spec, n_gpus, seq_len, time_text, level)
+    plan = Plan(spec, n_gpus, goal, family, seq_len, mfu, time_s, time_text, data, sharding, level, cands,
+                choice, picks, train, steps, reasons, data_dir=data_dir,
+                fused_loss=bool(fused_loss))
+    if fused_loss:
+        plan.train["fused_loss"] = "on"
     if choice.epochs is not None and choice.epochs > max_epochs:
         plan.warnings.append(f"{choice.name} would see {choice.epochs:.1f} epochs of the data (> ~{max_epochs:g}): "
                              f"repeated tokens are worth less; get more data or pick a bigger model")
-    if n_gpus > 1 or sharding != "none" or recompute:
-        plan.warnings.append("the trainer runs one process on one device and has no recompute or sharding yet: "
-                             "the config is for the per-GPU shape; multi-GPU/recompute numbers are estimates only")
-    if choice.micro_batch * seq_len * n_gpus * steps > 0 and steps < 100:
+    if choice.tokens_per_param < 5:
+        plan.warnings.append(f"{choice.name} sees only {choice.tokens_per_param:.1f} tokens/param (Chinchilla: ~20): "
+                             f"badly under-trained; {picks['compute-optimal'].name} would reach a lower loss")
+    if n_gpus > 1 or sharding != "none":
+        plan.warnings.append("the trainer runs one process on one device (no data parallel or sharding yet): "
+                             "the config holds the per-GPU shape; multi-GPU numbers are estimates only")
+    if steps < 100:
         plan.warnings.append(f"only {steps} optimizer steps: the budget is very short for this model")
     return plan
 
@@ -315,13 +342,12 @@ def render(plan: Plan) -> str:
         t.add_column(col, justify="left" if col in ("model", "L/d/H") else "right")
     for c in plan.candidates:
         m, cfg = c.memory, c.cfg
-        plain, rc = (c.memory_other, m) if plan.recompute else (m, c.memory_other)
         kv = f"/{cfg.kv_heads}kv" if cfg.kv_heads != cfg.n_head else ""
         mark = " <" if c is plan.choice else ""
         t.add_row(c.name + mark, f"{c.params / 1e6:,.1f}M", f"{cfg.n_layer}/{cfg.n_embd}/{cfg.n_head}{kv}",
                   "yes" if c.fits else "NO", str(c.micro_batch or "-"),
-                  f"{_gb(m['weights'])}/{_gb(m['grads'])}/{_gb(m['optimizer'])}", _gb(plain["activations"]),
-                  _gb(rc["activations"]), _gb(m["logits"]), _gb(m["total"]), f"{c.tokens_per_s:,.0f}",
+                  f"{_gb(m['weights'])}/{_gb(m['grads'])}/{_gb(m['optimizer'])}", _gb(c.act_plain), _gb(c.act_rc),
+                  _gb(m["logits"]), _gb(m["total"]), f"{c.tokens_per_s:,.0f}",
                   _dur(20 * c.params / c.tokens_per_s), _count(c.tokens_in_time), f"{c.tokens_per_param:.1f}",
                   f"{c.epochs:.2f}" if c.epochs is not None else "-", f"{c.loss:.3f}")
     c, tr = plan.choice, plan.train
@@ -353,8 +379,8 @@ def explain(plan: Plan) -> str:
     n_opt = math.sqrt(C / (6 * CHINCHILLA_TOKENS_PER_PARAM))
     B, T = max(c.micro_batch, 1), plan.seq_len
     out = [f"params N = {c.params:,} (numel of the model built on the meta device)",
-           f"FLOPs/token = 6N' + 6*L*d*T = {c.flops_per_token:,.0f}" + (" (x4/3 for recompute)" if plan.recompute else "")
-           + "  (N' = params without lookup-only tables)",
+           f"FLOPs/token = 6N' + 6*L*d*T = {c.flops_per_token:,.0f}  (N' = params without lookup-only tables"
+           + (f"; + the forward that recompute level {plan.recompute} redoes)" if plan.recompute else ")"),
            f"tokens/s = gpus * peak * MFU / FLOPs/token = {n} * {g.peak_flops:.4g} * {plan.mfu} / {c.flops_per_token:.4g}"
            f" = {c.tokens_per_s:,.0f}",
            f"tokens in time = {c.tokens_per_s:,.0f} * {plan.time_s:,.0f} s = {c.tokens_in_time:,.0f}"
@@ -371,10 +397,13 @@ def explain(plan: Plan) -> str:
             f"weight copies = 2 B * matmul params (bf16 autocast casts kept for backward) = {_gb(m['weight_copies'])} GB",
             f"activations/layer/token = attention {act['attention']:.0f} B + mlp {act['mlp']:.0f} B = {act['total']:.0f} B"
             f" (d={cfg.n_embd}, heads={cfg.n_head}, kv={cfg.kv_heads}, hidden={cfg.hidden}, flash attention)",
-            f"activations = B*T*(L*{act['total']:.0f} + head) = {B}*{T}*... = {_gb(c.memory['activations'])} GB "
-            f"({'with' if plan.recompute else 'without'} recompute); {_gb(c.memory_other['activations'])} GB "
-            f"{'without' if plan.recompute else 'with'} (recompute keeps only 4*d B/token/layer + one layer)",
-            f"logits = B*T*V*(2+4+4+4) B = {B}*{T}*{cfg.vocab_size}*14 = {_gb(m['logits'])} GB",
+            f"activations = B*T*(L*{act['total']:.0f} B + {10 * cfg.n_embd} B head) = {B}*{T}*"
+            f"({cfg.n_layer}*{act['total']:.0f} + {10 * cfg.n_embd}) = {_gb(c.act_plain)} GB without recompute; "
+            f"whole-block recompute keeps 4*d = {4 * cfg.n_embd} B/token/layer + one layer: {_gb(c.act_rc)} GB"
+            + (f"; this plan (level {plan.recompute}): {_gb(m['activations'])} GB" if plan.recompute else ""),
+            (f"loss head (fused, chunked) = 4096 rows * V*12 B + bf16 copies + fp32 d(hidden), d(weight) "
+             f"= {_gb(m['logits'])} GB" if plan.fused_loss else
+             f"logits = B*T*V*(2+4+4+4) B = {B}*{T}*{cfg.vocab_size}*14 = {_gb(m['logits'])} GB"),
             f"total = sum + {_gb(m['overhead'])} GB CUDA overhead = {_gb(m['total'])} GB; micro-batch = largest power "
             f"of 2 with total <= 90% of {g.mem_gb:g} GB = {c.micro_batch}",
             f"total batch = {tr['total_batch_tokens'] * n:,} tokens (by size) -> accum = "
@@ -383,19 +412,25 @@ def explain(plan: Plan) -> str:
     return "\n".join(out)
 
 
-def measure(plan: Plan, seconds: float = 3.0, max_step_s: float = 2.0, log=print) -> list[dict[str, Any]]:
-    """Real steps on this machine for every candidate small enough for it; measured vs estimated tok/s."""
+def measure(plan: Plan, seconds: float = 3.0, max_step_s: float = 2.0, log=print,
+            limit: int | None = None) -> list[dict[str, Any]]:
+    """Real steps on this machine for every candidate small enough for it (at most `limit`, smallest
+    first); measured vs estimated tok/s, and the MFU that would have made the estimate right."""
     dev, name = local_device()
     peak = measure_cpu_tflops() * 1e12 if dev.type == "cpu" else peak_flops(name)
     import torch
-    mem = torch.cuda.get_device_properties(0).total_memory if dev.type == "cuda" else 0.5 * plan.gpu.mem_bytes
+    mem = torch.cuda.get_device_properties(0).total_memory if dev.type == "cuda" else 0.5 * _ram_gb() * GB
+    overhead = OVERHEAD_BYTES if dev.type == "cuda" else 0.0
     rows = []
     for c in plan.candidates:
+        if limit is not None and len(rows) >= limit:
+            break
         micro = min(max(c.micro_batch, 1), 4 if dev.type == "cpu" else 64)
         est = (peak or 0) * plan.mfu / flops_per_token(c.cfg, plan.seq_len)
         if not peak or micro * plan.seq_len / est > max_step_s:
             continue
-        micro = min(micro, pick_micro_batch(c.cfg, plan.seq_len, mem, "bfloat16" if dev.type == "cuda" else "float32"))
+        micro = min(micro, pick_micro_batch(c.cfg, plan.seq_len, mem, "bfloat16" if dev.type == "cuda" else "float32",
+                                            overhead=overhead))
         if micro < 1:
             continue
         r = measure_throughput(c.cfg, micro, plan.seq_len, seconds, dev)
@@ -445,12 +480,13 @@ def cmd_plan(args: argparse.Namespace) -> None:
     """The `plan` verb: table, recommendation, optional formulas, measurements and config file."""
     plan = make_plan(args.gpu, args.gpus, args.tokens, args.time, args.goal, args.params, args.family, args.seq_len,
                      args.mfu, args.tflops, args.mem_gb, args.sharding, args.recompute, args.vocab,
-                     loss_tolerance=args.loss_tolerance, data_dir=args.data)
+                     loss_tolerance=args.loss_tolerance, data_dir=args.data, fused_loss=args.fused_loss or None)
     print(render(plan))
     if args.explain:
         print("\nFormulas:\n" + explain(plan))
     if args.measure:
-        print("\nMeasured on this machine (estimate uses its own peak and --mfu):")
+        print("\nMeasured on this machine, eager (the trainer compiles on CUDA: faster, most for small models);"
+              " the estimate uses this device's peak and --mfu:")
         measure(plan)
     if args.out:
         print(f"\nwrote {write_config(plan, args.out)}: budgetlm train --config {args.out}"
@@ -474,7 +510,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--tflops", type=float, help="peak dense bf16 TFLOP/s (custom GPU, or override)")
     sp.add_argument("--mem-gb", type=float, help="memory per GPU in GB (custom GPU, or override)")
     sp.add_argument("--sharding", choices=SHARDINGS, default="none")
-    sp.add_argument("--recompute", action="store_true", help="assume full activation recompute")
+    sp.add_argument("--recompute", type=int, nargs="?", const=2, default=0, choices=(0, 1, 2),
+                    help="activation recompute: 1 MLPs, 2 whole blocks (bare flag: 2)")
+    sp.add_argument("--fused-loss", action="store_true", help="assume the chunked loss head (less memory)")
     sp.add_argument("--loss-tolerance", type=float, default=0.02, help="inference-optimal: loss allowed above the best")
     sp.add_argument("--measure", action="store_true", help="time real steps of the small candidates here")
     sp.add_argument("--explain", action="store_true", help="print every formula with its numbers")
