@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--compile", choices=["auto", "on", "off"])
     sp.set_defaults(fn=cmd_speedrun)
 
-    from budgetlm import bench, export, ngram_cli
+    from budgetlm import bench, export, ngram_cli, plan
+    plan.register(sub)
     export.register(sub)
     bench.register(sub)
     ngram_cli.register(sub)
