@@ -15,11 +15,15 @@ from typing import Any
 from budgetlm.errors import BudgetLMError
 
 
+ARCHS = ("gpt", "lstm", "d3pm")  # build_model in budgetlm/models/__init__.py knows each
+
+
 @dataclass
 class ModelConfig:
-    """Shape of the transformer. GPT-2 style by default; Llama style by switches."""
+    """Shape of the model: a GPT-2 style transformer by default, Llama style by switches; `arch` picks
+    another family (lstm, d3pm), which reads the fields that apply to it."""
 
-    arch: str = "gpt"  # gpt (the transformer); other archs register later
+    arch: str = "gpt"  # gpt (transformer) | lstm (recurrent baseline) | d3pm (absorbing discrete diffusion)
     vocab_size: int = 4096
     block_size: int = 256  # longest context the model is trained for
     n_layer: int = 3
@@ -38,16 +42,19 @@ class ModelConfig:
     vocab_multiple: int = 1  # pad embedding/head rows to a multiple of this (64: fast GPU matmuls)
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise BudgetLMError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         choices = {"mlp": ("gelu", "swiglu"), "norm": ("layernorm", "rmsnorm"), "pos": ("learned", "rope")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise BudgetLMError(f"model field '{name}' must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.n_embd % self.n_head:
-            raise BudgetLMError(f"model: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.kv_heads < 1 or self.n_head % self.kv_heads:
-            raise BudgetLMError(f"model: n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
-            raise BudgetLMError("model: rope needs an even head dimension (n_embd / n_head)")
+        if self.arch != "lstm":  # an LSTM has no attention heads, so no head-shape rules
+            if self.n_embd % self.n_head:
+                raise BudgetLMError(f"model: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            if self.kv_heads < 1 or self.n_head % self.kv_heads:
+                raise BudgetLMError(f"model: n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+            if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+                raise BudgetLMError("model: rope needs an even head dimension (n_embd / n_head)")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise BudgetLMError(f"model field '{name}' must be positive, got {getattr(self, name)}")

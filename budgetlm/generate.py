@@ -88,7 +88,15 @@ def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, max_n
     gen = torch.Generator(device=device).manual_seed(seed)
     prompt_ids = [tokenizer.eot_id] + tokenizer.encode(prompt)
     t = time.perf_counter()
-    new = generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, tokenizer.eot_id, gen,
-                       logits_hook)
+    if hasattr(model, "sample"):  # non-autoregressive (d3pm): fills all positions at once, then cut at end-of-text
+        if logits_hook is not None:
+            raise BudgetLMError("fusion heads need an autoregressive model; this one samples by unmasking")
+        new = model.sample(prompt_ids, max_new_tokens, temperature=temperature, generator=gen, top_k=top_k,
+                           top_p=top_p)
+        if tokenizer.eot_id in new:
+            new = new[:new.index(tokenizer.eot_id)]
+    else:
+        new = generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, tokenizer.eot_id, gen,
+                           logits_hook)
     dt = time.perf_counter() - t
     return Sample(prompt + tokenizer.decode(new), new, dt)

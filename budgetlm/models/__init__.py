@@ -12,4 +12,10 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
     if cfg.arch == "gpt":
         from budgetlm.models.transformer import GPT
         return GPT(cfg)
+    if cfg.arch == "lstm":
+        from budgetlm.models.lstm import LSTMLM
+        return LSTMLM(cfg)
+    if cfg.arch == "d3pm":
+        from budgetlm.models.d3pm import D3PM
+        return D3PM(cfg)
     raise BudgetLMError(f"--arch: unknown architecture {cfg.arch!r}")

@@ -59,9 +59,10 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, causal: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
+        self.causal = causal  # False: bidirectional (the d3pm denoiser sees the whole sequence)
         hd, kv = cfg.head_dim, cfg.kv_heads
         self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * kv) * hd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
@@ -76,7 +77,7 @@ class Attention(nn.Module):
         v = v.view(B, T, cfg.kv_heads, hd).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        causal = True
+        causal = self.causal
         if cache is not None:
             start = cache.pos
             cache.k[layer][:, :, start:start + T] = k
@@ -112,9 +113,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, causal: bool = True) -> None:
         super().__init__()
-        self.norm1, self.attn = make_norm(cfg), Attention(cfg)
+        self.norm1, self.attn = make_norm(cfg), Attention(cfg, causal)
         self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
         self.recompute_mlp = False  # recompute level 1: keep only the MLP's input, redo it in backward
 
