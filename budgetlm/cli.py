@@ -14,7 +14,8 @@ MODEL_FLAGS = ("n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "norm", "pos",
 TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac", "warmup_frac", "warmup_steps",
                "schedule", "weight_decay", "grad_clip", "seed", "device", "dtype", "compile", "threads",
                "eval_every", "eval_tokens", "checkpoint_every", "log_every", "fused_loss", "recompute", "teacher", "distill_steps",
-               "distill_alpha", "distill_temp")
+               "distill_alpha", "distill_temp", "max_steps", "sample_every", "sample_tokens", "hellaswag_every",
+               "hellaswag_items", "train_shards", "val_shards", "parallel", "zero_stage")
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -61,6 +62,47 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--distill-temp", type=float)
 
 
+def _add_llmc_flags(p: argparse.ArgumentParser) -> None:
+    """Scale-out flags, and llm.c's train_gpt2cu short flags as aliases (docs/llmc_flags.md).
+    `-h` is llm.c's HellaSwag switch here (-h 1), so this verb's help is --help only."""
+    p.add_argument("--help", action="help", help="show this help and exit (-h is llm.c's HellaSwag switch)")
+    g = p.add_argument_group("scale-out (torchrun) and llm.c-style flags, see docs/llmc_flags.md")
+    g.add_argument("--parallel", choices=["auto", "ddp", "fsdp"], help="under torchrun: ddp (default) or fsdp")
+    g.add_argument("-z", "--zero-stage", type=int, choices=[0, 1], help="1: ZeRO-1, AdamW state sharded (ddp)")
+    g.add_argument("--zero1", dest="zero_stage", action="store_const", const=1, help="= --zero-stage 1")
+    g.add_argument("-i", "--train-shards", help="train shards glob, e.g. 'DIR/fineweb_train_*.bin', or a data folder")
+    g.add_argument("-j", "--val-shards", help="val shards glob, e.g. 'DIR/fineweb_val_*.bin'")
+    g.add_argument("-x", "--max-steps", type=int, help="stop after N steps (no --budget: the budget is N-steps)")
+    g.add_argument("-s", "--sample-every", type=int, help="steps between samples printed by rank 0")
+    g.add_argument("-g", "--sample-tokens", type=int, help="tokens per sample (64)")
+    g.add_argument("-h", "--hellaswag", type=int, choices=[0, 1], help="1: HellaSwag at every eval (-v)")
+    g.add_argument("--hellaswag-every", type=int, help="steps between HellaSwag evals (and at the end)")
+    g.add_argument("--hellaswag-items", type=int, help="items per HellaSwag eval (0 = all 10,042)")
+    g.add_argument("-y", dest="resume_llmc", type=int, choices=[0, 1], help="1 = --resume (latest in --out)")
+    g.add_argument("-e", dest="model", help="= --model: d12, d24, d36, d48 or another preset")
+    g.add_argument("-r", dest="recompute", type=int, choices=[0, 1, 2], help="= --recompute")
+    g.add_argument("-k", dest="schedule", choices=["cosine", "linear", "wsd", "constant"], help="= --schedule")
+    for short, dest, typ in (("-o", "out", str), ("-v", "eval_every", int), ("-b", "batch_size", int),
+                             ("-t", "seq_len", int), ("-d", "total_batch_tokens", int), ("-c", "weight_decay", float),
+                             ("-l", "lr", float), ("-q", "min_lr_frac", float), ("-u", "warmup_steps", int),
+                             ("-n", "checkpoint_every", int)):
+        g.add_argument(short, dest=dest, type=typ, help=f"= --{dest.replace('_', '-')}")
+
+
+def _resolve_llmc(args: argparse.Namespace) -> None:
+    """The llm.c switches that are more than aliases."""
+    if args.train_shards and Path(args.train_shards).is_dir():  # -i DIR: a prepared folder
+        args.data, args.train_shards = args.data or args.train_shards, None
+    elif args.train_shards and not args.data:  # -i 'DIR/x_train_*.bin': meta.json and tokenizer.json in DIR
+        args.data = str(Path(args.train_shards).parent)
+    if args.resume_llmc == 1 and args.resume is None:
+        args.resume = ""
+    if args.hellaswag == 1 and not args.hellaswag_every:
+        if not args.eval_every:
+            raise BudgetLMError("-h 1: HellaSwag runs at every eval, so give -v N (or --hellaswag-every N)")
+        args.hellaswag_every = args.eval_every
+
+
 def _picked(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
@@ -68,7 +110,8 @@ def _picked(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 def cmd_prepare(args: argparse.Namespace) -> None:
     from budgetlm.data.prepare import prepare
     prepare(args.data, args.tokenizer, args.out, max_tokens=_count(args.max_tokens, "--max-tokens"),
-            val_frac=args.val_frac, shard_tokens=_count(args.shard_tokens, "--shard-tokens"), seed=args.seed)
+            val_frac=args.val_frac, shard_tokens=_count(args.shard_tokens, "--shard-tokens"), seed=args.seed,
+            sample=args.sample)
 
 
 def _count(text: str | None, flag: str) -> int | None:
@@ -88,6 +131,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from budgetlm.train.trainer import train
 
     model_values, train_values = {}, {}
+    _resolve_llmc(args)
     if args.config:
         file = load_toml(args.config)
         model_values = dict(file.get("model", {}))
@@ -99,7 +143,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     model_values.update(_picked(args, MODEL_FLAGS))
     mcfg = model_config(preset, **model_values)
     train_values.update(_picked(args, TRAIN_FLAGS))
-    train_values["budget"] = args.budget or train_values.get("budget", "5m")
+    train_values["budget"] = (args.budget or train_values.get("budget")
+                              or (f"{args.max_steps}-steps" if args.max_steps else "5m"))
     train_values["out_dir"] = args.out
     train_values["progress"] = not args.no_progress
     tcfg = from_dict(TrainConfig, train_values, args.config or "flags")
@@ -108,7 +153,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume = args.resume or args.out
     info = train(mcfg, tcfg, args.data, resume=resume, stop_after_steps=args.stop_after_steps)
     from budgetlm.report import summary_table
-    print(summary_table(info))
+    from budgetlm.train.distributed import env_world
+    if env_world()[0] == 0:  # under torchrun only rank 0 prints
+        print(summary_table(info))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -188,8 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
 
     sp = sub.add_parser("prepare", help="text -> tokenizer -> token shards (llm.c format)")
-    sp.add_argument("--data", required=True, help="tinystories, synth, FILE.txt|.jsonl|.parquet, DIR, hf:OWNER/NAME")
-    sp.add_argument("--tokenizer", default="bpe:4096", help="bpe:N, gpt2 or char")
+    sp.add_argument("--data", required=True, help="tinystories, synth, fineweb-edu, FILE.txt|.jsonl|.parquet, DIR, hf:OWNER/NAME")
+    sp.add_argument("--tokenizer", help="bpe:N, gpt2 or char (default bpe:4096; fineweb-edu is always gpt2)")
+    sp.add_argument("--sample", help="with --data fineweb-edu: 10BT (default), 100BT or 350BT")
     sp.add_argument("--out", required=True)
     sp.add_argument("--max-tokens", help="train tokens to keep, e.g. 20M (default: all)")
     sp.add_argument("--val-frac", type=float, default=0.1, help="held-out share for sources without a val split")
@@ -197,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(fn=cmd_prepare)
 
-    sp = sub.add_parser("train", help="train under a budget of time, tokens or steps")
+    sp = sub.add_parser("train", help="train under a budget of time, tokens or steps", add_help=False)
     sp.add_argument("--data", help="prepared data folder")
     sp.add_argument("--budget", help="5m, 2h, 300s, 50M-tokens, 1000-steps")
     sp.add_argument("--config", help="TOML file with [model], [train], [data] tables (e.g. from 'budgetlm plan')")
@@ -206,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)
     _add_model_flags(sp)
     _add_train_flags(sp)
+    _add_llmc_flags(sp)
     sp.set_defaults(fn=cmd_train)
 
     sp = sub.add_parser("eval", help="validation loss, perplexity, bits per byte (and story metrics)")
@@ -258,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.register(sub)
     bench.register(sub)
     ngram_cli.register(sub)
+    from budgetlm import plot as plot_cli
+    plot_cli.register(sub)
     return p
 
 

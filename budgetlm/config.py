@@ -148,6 +148,15 @@ class TrainConfig:
     distill_steps: int = 200
     distill_alpha: float = 0.5
     distill_temp: float = 1.0
+    max_steps: int | None = None  # stop after this many steps (the schedule still follows the budget)
+    sample_every: int = 0  # steps between samples printed by rank 0 (0 = never)
+    sample_tokens: int = 64  # tokens per sample
+    hellaswag_every: int = 0  # steps between HellaSwag evals (0 = never); also run at the end when on
+    hellaswag_items: int = 0  # HellaSwag items scored per eval (0 = all 10,042)
+    train_shards: str | None = None  # glob of train shards (llm.c -i); default: the data folder's train split
+    val_shards: str | None = None  # glob of val shards (llm.c -j)
+    parallel: str = "auto"  # auto | ddp | fsdp; used when launched by torchrun with WORLD_SIZE > 1
+    zero_stage: int = 0  # 1: shard the AdamW state over ranks (ZeroRedundancyOptimizer, with ddp)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "linear", "wsd", "constant"):

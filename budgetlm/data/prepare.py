@@ -72,14 +72,23 @@ class ShardWriter:
         self.buf, self.buffered = [], 0
 
 
-def prepare(src: str, tokenizer: str, out_dir: str | Path, max_tokens: int | None = None,
+def prepare(src: str, tokenizer: str | None, out_dir: str | Path, max_tokens: int | None = None,
             val_frac: float = 0.1, val_max_tokens: int = 1_000_000, shard_tokens: int = 100_000_000,
-            seed: int = 0, log=print) -> dict:
+            seed: int = 0, log=print, sample: str | None = None) -> dict:
     """Tokenize `src` into shards in `out_dir`; returns the metadata also saved as meta.json.
 
     max_tokens caps the train tokens (None = the whole source). Sources with no validation
-    split hold out the last `val_frac` of the documents read.
+    split hold out the last `val_frac` of the documents read. tokenizer None = bpe:4096.
+    `fineweb-edu` (with `sample`, default 10BT) goes to data/fineweb.py: GPT-2, llm.c shard layout.
     """
+    if src == "fineweb-edu":
+        if tokenizer not in (None, "gpt2"):
+            raise BudgetLMError(f"--data fineweb-edu is tokenized with GPT-2 (llm.c's shards); drop --tokenizer {tokenizer}")
+        from budgetlm.data.fineweb import prepare_fineweb
+        return prepare_fineweb(out_dir, sample or "10BT", shard_tokens=shard_tokens, max_tokens=max_tokens, log=log)
+    if sample is not None:
+        raise BudgetLMError(f"--sample is for --data fineweb-edu, not {src}")
+    tokenizer = tokenizer or "bpe:4096"
     t0 = time.perf_counter()
     if not 0 <= val_frac < 1:
         raise BudgetLMError(f"--val-frac must be in [0, 1), got {val_frac}")

@@ -87,3 +87,14 @@ def load_split(data_dir: str | Path, split: str) -> np.ndarray:
     """All tokens of a split. One shard stays a memmap; several are concatenated in memory."""
     arrays = [read_shard(p) for p in list_shards(data_dir, split)]
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def load_pattern(pattern: str) -> np.ndarray:
+    """All tokens of the shards matching a glob (llm.c's -i/-j), in sorted order; a folder means its *.bin."""
+    import glob
+    p = Path(pattern).expanduser()
+    paths = sorted(p.glob("*.bin")) if p.is_dir() else sorted(Path(x) for x in glob.glob(str(p)))
+    if not paths:
+        raise BudgetLMError(f"{pattern}: no shards match")
+    arrays = [read_shard(x) for x in paths]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)

@@ -45,7 +45,9 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, model_cfg: ModelConfig,
-                    tokenizer: Tokenizer, state: dict[str, Any], keep: int = 2) -> Path:
+                    tokenizer: Tokenizer, state: dict[str, Any], keep: int = 2,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """weights: the full state dict when the model's own is sharded (FSDP); default model_state(model)."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
@@ -53,7 +55,8 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, mo
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(model_state(model), str(tmp / "model.safetensors"))
+    save_file(model_state(model) if weights is None else {k: v.contiguous() for k, v in weights.items()},
+              str(tmp / "model.safetensors"))
     torch.save(state, tmp / "state.pt")
     (tmp / "config.json").write_text(json.dumps({"model": to_dict(model_cfg)}, indent=2))
     tokenizer.save(tmp / TOKENIZER_FILE)

@@ -19,13 +19,14 @@ import torch
 from budgetlm.config import ModelConfig, RunInfo, TrainConfig, to_dict
 from budgetlm.data.loader import BatchLoader
 from budgetlm.data.prepare import data_tokenizer, load_meta
-from budgetlm.data.shards import load_split
+from budgetlm.data.shards import load_pattern, load_split
 from budgetlm.device import autocast_ctx, pick_device, pick_dtype, set_threads, should_compile, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.eval.perplexity import evaluate
 from budgetlm.models import build_model
 from budgetlm.train.budget import Budget, lr_at, parse_budget
 from budgetlm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from budgetlm.train.distributed import DistContext, maybe_main_first, setup as setup_distributed
 from budgetlm.train.progress import Progress
 
 # Replaces the loss (distillation and the like): (step, frac, x, y, logits, loss) -> loss, or None to keep it.
@@ -75,6 +76,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _sample(model: torch.nn.Module, tokenizer: Any, n_tokens: int, seed: int) -> str | None:
+    """A sample from end-of-text with its own generator, so training's RNG stream is untouched."""
+    from budgetlm.generate import sample_text
+    if not (hasattr(model, "new_cache") or hasattr(model, "sample")):
+        return None
+    was_training = model.training
+    text = sample_text(model, tokenizer, "", n_tokens, temperature=1.0, top_p=1.0, seed=seed).text
+    model.train(was_training)
+    return text
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume: str | None = None,
           loss_hook: LossHook | None = None, clock: Clock | None = None, reserve_s: float = 0.0,
           stop_after_steps: int | None = None, log: Callable[[str], None] = print) -> RunInfo:
@@ -82,14 +94,28 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
 
     reserve_s: seconds the caller needs after training (e.g. sampling), kept out of a time budget.
     stop_after_steps: end early as if interrupted (the schedule still assumes the full budget).
+    Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 alone writes files and logs.
     """
+    ctx = setup_distributed(pick_device(cfg.device), cfg.parallel, cfg.zero_stage)
+    try:
+        return _train(ctx, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s, stop_after_steps,
+                      log if ctx.is_main else (lambda *_: None))
+    finally:
+        ctx.teardown()
+
+
+def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume: str | None,
+           loss_hook: LossHook | None, clock: Clock | None, reserve_s: float, stop_after_steps: int | None,
+           log: Callable[[str], None]) -> RunInfo:
     budget = parse_budget(cfg.budget)
     clock = clock or Clock()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
+    device = ctx.device if ctx.enabled else pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    threads = set_threads(cfg.threads, device)
+    threads = set_threads(cfg.threads or ctx.cpu_threads(), device)
+    if cfg.max_steps is not None:
+        stop_after_steps = cfg.max_steps if stop_after_steps is None else min(stop_after_steps, cfg.max_steps)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -100,21 +126,23 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
         model_cfg.vocab_size = tokenizer.vocab_size  # the data decides the vocabulary
     if cfg.seq_len > model_cfg.block_size:
         model_cfg.block_size = cfg.seq_len
-    train_tokens = load_split(data_dir, "train")
-    val_tokens = load_split(data_dir, "val")
-    loader = BatchLoader(train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed)
+    train_tokens = load_pattern(cfg.train_shards) if cfg.train_shards else load_split(data_dir, "train")
+    val_tokens = load_pattern(cfg.val_shards) if cfg.val_shards else load_split(data_dir, "val")
+    loader = BatchLoader(train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world)
     micro_tokens = cfg.batch_size * cfg.seq_len
-    accum = max(1, (cfg.total_batch_tokens or micro_tokens) // micro_tokens)
-    if cfg.total_batch_tokens and cfg.total_batch_tokens % micro_tokens:
-        raise BudgetLMError(f"--total-batch {cfg.total_batch_tokens} is not a multiple of batch*seq = {micro_tokens}")
+    step_micro = micro_tokens * ctx.world  # tokens in one micro-step of all ranks (llm.c: B*T*num_processes)
+    accum = max(1, (cfg.total_batch_tokens or step_micro) // step_micro)
+    if cfg.total_batch_tokens and cfg.total_batch_tokens % step_micro:
+        what = "batch*seq" if ctx.world == 1 else f"batch*seq*world ({ctx.world} ranks)"
+        raise BudgetLMError(f"--total-batch {cfg.total_batch_tokens} is not a multiple of {what} = {step_micro}")
 
     if cfg.teacher and loss_hook is None:
         from budgetlm.train.distill import make_teacher_hook
         loss_hook = make_teacher_hook(cfg.teacher, train_tokens, tokenizer.vocab_size, tokenizer.eot_id,
                                       cfg.distill_steps, cfg.distill_alpha, cfg.distill_temp, log=log)
     model = build_model(model_cfg).to(device)
-    optimizer = make_optimizer(model, cfg, device)
     step, tokens_seen, max_frac, losses = 0, 0, 0.0, []
+    state = None
     if resume:
         ckpt, ck_cfg, weights, ck_tok, state = load_checkpoint(resume)
         if ck_cfg != model_cfg:
@@ -128,12 +156,15 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
         if state["budget"] != cfg.budget:
             raise BudgetLMError(f"--resume {ckpt}: checkpoint was trained with --budget {state['budget']}, "
                                 f"this run asks for {cfg.budget}")
-        load_weights(model, weights, str(ckpt))
-        optimizer.load_state_dict(state["optimizer"])
+        load_weights(model, weights, str(ckpt))  # before sharding: every rank loads the full weights
+    ddp_model = ctx.wrap(model)  # DDP wrapper / FSDP-sharded model / the model itself
+    optimizer = ctx.make_optimizer(model, make_optimizer, cfg, device)
+    if state is not None:
+        ctx.load_optimizer_state(model, optimizer, state["optimizer"], str(ckpt))  # plain: load_state_dict
         loader.load_state_dict(state["loader"])
         step, tokens_seen, max_frac, losses = state["step"], state["tokens"], state["max_frac"], state["losses"]
         clock.before += state["elapsed"]
-        _set_rng_state(state["rng"])
+        _set_rng_state(ctx.rank_rng(state) if ctx.enabled else state["rng"])
         log(f"resumed from {ckpt} at step {step} ({tokens_seen:,} tokens, {state['elapsed']:.1f}s spent)")
 
     if hasattr(model, "set_recompute"):
@@ -145,24 +176,36 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
         model.fused_loss = cfg.fused_loss == "on" and loss_hook is None
     n_params = model.num_params() if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
     peak = _device_peak(device)
-    run_model = torch.compile(model) if should_compile(cfg.compile, device) else model
+    compiled = should_compile(cfg.compile, device)
+    run_model = torch.compile(ddp_model) if compiled else ddp_model
     autocast = autocast_ctx(device, dtype)
     token_bytes = tokenizer.token_bytes()
     final_eval_tokens = cfg.final_eval_tokens or val_tokens.size
     ckpt_root = out / "checkpoints"
     pending_losses: list[torch.Tensor] = []  # per-step losses not yet read back from the device
-    metrics_f = open(out / "metrics.jsonl", "a")
+    metrics_f = open(out / "metrics.jsonl", "a") if ctx.is_main else None
     flops_per_token = model.flops_per_token(cfg.seq_len) if hasattr(model, "flops_per_token") else 6 * n_params
 
     def write_metrics(rec: dict[str, Any]) -> None:
-        metrics_f.write(json.dumps(rec) + "\n")
-        metrics_f.flush()
+        if metrics_f is not None:
+            metrics_f.write(json.dumps(rec) + "\n")
+            metrics_f.flush()
 
     def checkpoint() -> float:
         t = time.perf_counter()
         if pending_losses:
             losses.extend(torch.stack(pending_losses).tolist())
             pending_losses.clear()
+        if ctx.enabled:  # collectives first (every rank), then rank 0 writes
+            weights, opt_state, rngs = ctx.full_model_state(model), ctx.optimizer_state(model, optimizer), \
+                ctx.gather_objects(_rng_state())
+            if ctx.is_main:
+                state = {"optimizer": opt_state, "loader": loader.state_dict(), "step": step, "tokens": tokens_seen,
+                         "max_frac": max_frac, "losses": losses, "elapsed": clock.elapsed(), "rng": rngs[0],
+                         "rng_ranks": rngs, "world": ctx.world, "budget": cfg.budget, "train_config": to_dict(cfg)}
+                save_checkpoint(ckpt_root, step, model, model_cfg, tokenizer, state, weights=weights)
+            ctx.barrier()
+            return time.perf_counter() - t
         state = {"optimizer": optimizer.state_dict(), "loader": loader.state_dict(), "step": step,
                  "tokens": tokens_seen, "max_frac": max_frac, "losses": losses, "elapsed": clock.elapsed(),
                  "rng": _rng_state(), "budget": cfg.budget, "train_config": to_dict(cfg)}
@@ -170,18 +213,35 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
         return time.perf_counter() - t
 
     def run_eval(max_tokens: int) -> dict[str, float]:
+        if ctx.enabled:  # sharded over ranks, on the bare (or FSDP) module: DDP's forward would sync buffers
+            return ctx.evaluate(lambda m, toks, **kw: evaluate(m, toks, token_bytes, batch_size=cfg.batch_size,
+                                                               device=device, autocast=autocast, **kw),
+                                model, val_tokens, cfg.seq_len, max_tokens)
         return evaluate(run_model, val_tokens, token_bytes, cfg.seq_len, cfg.batch_size, device,
                         max_tokens=max_tokens, autocast=autocast)
 
+    hs_examples = None
+    if cfg.hellaswag_every:
+        from budgetlm.eval import hellaswag
+        with maybe_main_first(ctx):  # rank 0 downloads, the others then read the cached file
+            hs_examples = hellaswag.load_examples(hellaswag.download(), cfg.hellaswag_items)
+
+    def run_hellaswag() -> dict[str, float]:
+        r = hellaswag.evaluate_hellaswag(model, tokenizer, hs_examples, device, ctx.rank, ctx.world, autocast,
+                                         reduce=ctx.all_reduce_sum)
+        return {"hellaswag_acc": r["acc"], "hellaswag_acc_norm": r["acc_norm"], "hellaswag_n": r["n"]}
+
     log(f"model: {n_params:,} params ({model_cfg.n_layer} layers, {model_cfg.n_embd} wide, {model_cfg.n_head} heads, "
         f"vocab {model_cfg.vocab_size}) | device {device.type} {str(dtype).replace('torch.', '')} | threads {threads} "
-        f"| compile {'on' if run_model is not model else 'off'} | batch {cfg.batch_size}x{cfg.seq_len}x{accum} "
+        f"| compile {'on' if compiled else 'off'} | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
+        f"{f'x{ctx.world} ranks ({ctx.parallel}' + (', zero1)' if ctx.zero_stage else ')') if ctx.enabled else ''} "
         f"| budget {budget} | data {meta['train_tokens']:,} train tokens")
 
     # Reserve for the final eval + checkpoint, re-estimated from the measured speed as we go.
     reserve = reserve_s + 1.0
     eval_speed = None  # tokens/s of forward-only passes, measured at the first periodic eval
-    progress = Progress(budget, enabled=cfg.progress)
+    progress = Progress(budget, enabled=cfg.progress and ctx.is_main)
+    hs_seconds = 0.0  # last HellaSwag eval's duration, kept in the reserve for the final one
     tok_rate = 0.0
     train_start = clock.elapsed()
     session_tokens, session_start = 0, time.perf_counter()
@@ -191,7 +251,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
         while True:
             elapsed = clock.elapsed()
             if budget.kind == "time":
-                frac = elapsed / max(budget.amount - reserve, 1e-9)
+                frac = elapsed / max(budget.amount - reserve - hs_seconds, 1e-9)
+                frac = ctx.broadcast_float(frac)  # rank 0's clock decides, so all ranks stop on the same step
             else:
                 frac = budget.fraction(elapsed, tokens_seen, step)
             max_frac = max(max_frac, frac)  # monotone even when the reserve estimate moves
@@ -203,24 +264,26 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
             for g in optimizer.param_groups:
                 g["lr"] = lr
             loss_sum = torch.zeros((), device=device)
-            for _ in range(accum):
+            for micro in range(accum):
                 x, y = loader.next_batch()
                 if device.type == "cuda":  # pinned host memory makes the copy truly asynchronous
                     x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast:
-                    logits, loss = run_model(x, y)
-                    objective = loss_hook(step, max_frac, x, y, logits, loss) if loss_hook else None
-                    if objective is None:
-                        objective = loss
-                (objective / accum).backward()
+                with ctx.micro_step(last=micro == accum - 1):  # gradients sync on the last micro-step only
+                    with autocast:
+                        logits, loss = run_model(x, y)
+                        objective = loss_hook(step, max_frac, x, y, logits, loss) if loss_hook else None
+                        if objective is None:
+                            objective = loss
+                    (objective / accum).backward()
                 loss_sum += loss.detach() / accum  # the plain next-token loss, comparable across runs
+            ctx.mean_(loss_sum)  # averaged over ranks: the loss of the whole global batch
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens_seen += accum * micro_tokens
-            session_tokens += accum * micro_tokens
+            tokens_seen += accum * step_micro
+            session_tokens += accum * step_micro
             # Reading the loss waits for the GPU; do it only when logging so the host runs ahead.
             pending_losses.append(loss_sum)
             if step % cfg.log_every == 0 or step == 1 or not device.type == "cuda":
@@ -233,7 +296,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
             if eval_speed is None and step == 3:  # time one eval batch once warm, to size the final eval
                 t = time.perf_counter()
                 ev = run_eval(cfg.batch_size * cfg.seq_len)
-                eval_speed = ev["val_tokens"] / (time.perf_counter() - t)
+                eval_speed = ctx.broadcast_float(ev["val_tokens"] / (time.perf_counter() - t))  # one final-eval size
                 if budget.kind == "time" and final_eval_tokens / eval_speed > 0.1 * budget.amount:
                     # Keep the final eval within a tenth of a time budget; score fewer tokens instead.
                     final_eval_tokens = max(micro_tokens, int(0.1 * budget.amount * eval_speed))
@@ -249,7 +312,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
                 if peak:
                     rec["mfu"] = tok_rate * flops_per_token / peak
                 if norm is not None:
-                    rec["grad_norm"] = float(norm)
+                    rec["grad_norm"] = ctx.scalar(norm) if ctx.enabled else float(norm)
                 write_metrics(rec)
             if cfg.eval_every and step % cfg.eval_every == 0:
                 t = time.perf_counter()
@@ -259,6 +322,20 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
                 reserve = reserve_s + 1.0 + 1.1 * final_eval_tokens / eval_speed
                 write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), **ev})
                 progress.note(f"step {step}: val loss {ev['val_loss']:.4f} bpb {ev['val_bpb']:.4f}")
+            if cfg.hellaswag_every and step % cfg.hellaswag_every == 0:
+                t = time.perf_counter()
+                hs = run_hellaswag()
+                hs_seconds = time.perf_counter() - t
+                write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), **hs})
+                progress.note(f"step {step}: HellaSwag acc_norm {hs['hellaswag_acc_norm']:.4f} ({hs['hellaswag_n']} items)")
+            if cfg.sample_every and step % cfg.sample_every == 0 and (ctx.is_main or ctx.parallel == "fsdp"):
+                if ctx.parallel == "fsdp":  # sharded weights: every rank generates in lockstep
+                    model.unshard()
+                text = _sample(model, tokenizer, cfg.sample_tokens, cfg.seed + step)
+                if ctx.parallel == "fsdp":
+                    model.reshard()
+                if text is not None and ctx.is_main:
+                    progress.note(f"step {step} sample: {text!r}")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 checkpoint()
     except KeyboardInterrupt:
@@ -271,7 +348,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     train_seconds = clock.elapsed() - train_start
     if interrupted:
         checkpoint()
-        metrics_f.close()
+        if metrics_f is not None:
+            metrics_f.close()
         raise BudgetLMError(f"interrupted at step {step}; checkpoint saved; continue with --resume {out}")
     if step == 0 and stop_after_steps != 0:
         raise BudgetLMError(f"--budget {cfg.budget}: too small to take one training step "
@@ -279,6 +357,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     t = time.perf_counter()
     synchronize(device)
     ev = run_eval(final_eval_tokens)
+    if cfg.hellaswag_every:
+        ev.update(run_hellaswag())
     eval_seconds = time.perf_counter() - t
     ckpt_seconds = checkpoint()
     info = RunInfo(params=n_params, steps=step, tokens_seen=tokens_seen,
@@ -287,15 +367,19 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     info.extra = {"budget": str(budget), "elapsed": clock.elapsed(), "eval_seconds": eval_seconds,
                   "checkpoint_seconds": ckpt_seconds, "val_tokens": ev["val_tokens"], "epochs": loader.epoch,
                   "device": device.type, "dtype": str(dtype).replace("torch.", ""), "threads": threads,
-                  "compile": run_model is not model, "accum": accum, "losses": losses,
+                  "compile": compiled, "accum": accum, "losses": losses, "world": ctx.world,
+                  "parallel": ctx.parallel + ("+zero1" if ctx.zero_stage else ""),
                   "flops_per_token": flops_per_token, "mfu": (tok_rate * flops_per_token / peak) if peak else None,
                   "model": to_dict(model_cfg), "train": to_dict(cfg),
                   "data": meta}
+    if cfg.hellaswag_every:
+        info.extra.update({k: v for k, v in ev.items() if k.startswith("hellaswag")})
     write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), "final": True, **ev})
-    metrics_f.close()
-    summary = {k: v for k, v in to_dict(info).items() if k != "extra"}
-    summary.update({k: v for k, v in info.extra.items() if k != "losses"})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if metrics_f is not None:
+        metrics_f.close()
+        summary = {k: v for k, v in to_dict(info).items() if k != "extra"}
+        summary.update({k: v for k, v in info.extra.items() if k != "losses"})
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     log(f"trained {step} steps, {tokens_seen:,} tokens in {train_seconds:.1f}s ({tok_rate:,.0f} tok/s); "
         f"final eval {eval_seconds:.1f}s + checkpoint {ckpt_seconds:.1f}s; total {clock.elapsed():.1f}s of budget {budget}")
     return info
