@@ -10,7 +10,7 @@ from pathlib import Path
 
 from budgetlm.errors import BudgetLMError
 
-MODEL_FLAGS = ("n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "norm", "pos", "mlp_hidden")
+MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "norm", "pos", "mlp_hidden")
 TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac", "warmup_frac", "warmup_steps",
                "schedule", "weight_decay", "grad_clip", "seed", "device", "dtype", "compile", "threads",
                "eval_every", "eval_tokens", "checkpoint_every", "log_every", "fused_loss", "recompute", "teacher", "distill_steps",
@@ -21,6 +21,8 @@ TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", help="named size: nano, micro, tiny, small, mini, gpt2-124m, ..., tinyllama-1.1b")
+    g.add_argument("--arch", choices=["gpt", "lstm", "d3pm"],
+                   help="gpt (transformer), lstm (recurrent baseline), d3pm (discrete diffusion; BPB is an upper bound)")
     g.add_argument("--n-layer", type=int)
     g.add_argument("--n-head", type=int)
     g.add_argument("--n-kv-head", type=int, help="fewer than --n-head: grouped-query attention")
@@ -307,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.register(sub)
     bench.register(sub)
     ngram_cli.register(sub)
+    from budgetlm import sweep
+    sweep.register(sub)
     from budgetlm import plot as plot_cli
     plot_cli.register(sub)
     return p
