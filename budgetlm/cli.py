@@ -229,7 +229,7 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
     overrides = {**_picked(args, ("n_layer", "n_head", "n_embd", "seq_len", "batch_size", "lr", "compile",
                                   "threads")), "progress": not args.no_progress}
     speedrun(args.budget, args.data, args.tokenizer, args.out, args.device or "auto", seed=args.seed,
-             overrides=overrides)
+             overrides=overrides, auto=args.auto_size, probe_seconds=args.probe_seconds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device")
     sp.add_argument("--seed", type=int, default=1337)
     sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--auto-size", action="store_true", help="measure several sizes and pick what the budget favours")
+    sp.add_argument("--probe-seconds", type=float, default=4.0, help="seconds of measurement per --auto-size size")
     for flag, typ in (("--n-layer", int), ("--n-head", int), ("--n-embd", int), ("--seq-len", int),
                       ("--batch-size", int), ("--lr", float), ("--threads", int)):
         sp.add_argument(flag, type=typ)

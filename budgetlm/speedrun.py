@@ -18,6 +18,9 @@ from budgetlm.errors import BudgetLMError
 from budgetlm.train.budget import parse_budget
 from budgetlm.train.trainer import Clock, train
 
+# Shapes --auto-size probes: (layers, width, heads), smallest to largest.
+AUTO_SHAPES = ((2, 64, 2), (2, 96, 4), (3, 128, 4), (4, 128, 4), (4, 192, 4), (6, 256, 8))
+
 PROMPTS = ("Once upon a time", "One day, a little girl named Lily", "Tom and his dog")
 
 
@@ -56,6 +59,39 @@ def choose_setup(budget: str, device: str, tokenizer: str | None = None) -> Setu
     return Setup(mcfg, tcfg, tok, why)
 
 
+def pick_size(shapes: list[tuple[int, float]], seconds: float, tokens_per_param: float = 20.0) -> int:
+    """Index of the shape whose parameter count is nearest (in log space) to the Chinchilla-optimal
+    size for the tokens it would see: tokens_seen = its measured tokens/s x seconds, N* = tokens/20.
+    shapes: (params, measured tokens/s) per candidate."""
+    import math
+    best, best_gap = 0, float("inf")
+    for i, (params, tok_s) in enumerate(shapes):
+        gap = abs(math.log(params / max(tok_s * seconds / tokens_per_param, 1.0)))
+        if gap < best_gap:
+            best, best_gap = i, gap
+    return best
+
+
+def auto_size(model: ModelConfig, train_cfg: TrainConfig, seconds_left: float, probe_seconds: float,
+              log=print) -> ModelConfig:
+    """Measure tokens/s of each AUTO_SHAPES size on this device for `probe_seconds` and keep the
+    one the budget favours (pick_size). The probes run inside the budget clock."""
+    import dataclasses
+    from budgetlm.memory import measure_throughput
+    dev = pick_device(train_cfg.device)
+    rows = []
+    for layers, width, heads in AUTO_SHAPES:
+        cfg = dataclasses.replace(model, n_layer=layers, n_embd=width, n_head=heads, n_kv_head=None)
+        r = measure_throughput(cfg, train_cfg.batch_size, train_cfg.seq_len, seconds=probe_seconds, device=dev)
+        rows.append((r["params"], r["tokens_per_s"], cfg))
+    train_seconds = max(seconds_left - len(rows) * probe_seconds, 1.0) * 0.9  # ~10% goes to eval and samples
+    i = pick_size([(p, t) for p, t, _ in rows], train_seconds)
+    for j, (p, t, c) in enumerate(rows):
+        log(f"auto-size: {c.n_layer}x{c.n_embd}: {p:,} params, {t:,.0f} tok/s -> {t * train_seconds / 1e6:.1f}M tokens "
+            f"(Chinchilla size {t * train_seconds / 20:,.0f}){'  <- chosen' if j == i else ''}")
+    return rows[i][2]
+
+
 def _cached_data_dir(root: Path, src: str, tokenizer: str, max_tokens: int | None) -> tuple[Path, bool]:
     """Where prepared shards for (source, tokenizer) live, and whether they hold enough tokens."""
     local = Path(src).exists()
@@ -84,7 +120,8 @@ def resolve_source(data: str, log=print) -> str:
 
 def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | None = None, out_dir: str = "runs/speedrun",
              device: str = "auto", cache_root: str = "data_cache", seed: int = 1337, n_samples: int = 3,
-             sample_tokens: int = 200, overrides: dict | None = None, log=print) -> tuple[RunInfo, list]:
+             sample_tokens: int = 200, overrides: dict | None = None, auto: bool = False,
+             probe_seconds: float = 4.0, log=print) -> tuple[RunInfo, list]:
     """Run the whole path under one budget; returns the run summary and the sample stories."""
     clock = Clock()
     setup = choose_setup(budget, device, tokenizer)
@@ -111,6 +148,12 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
         prepare(src, setup.tokenizer, ddir, max_tokens=max_tokens, val_max_tokens=val_tokens, seed=0, log=log)
     prep_seconds = clock.elapsed()
     log(f"setup: {setup.why}")
+    if auto:
+        if b.kind != "time":
+            raise BudgetLMError("--auto-size needs a time budget (it turns measured tokens/s into tokens seen)")
+        setup.model.vocab_size = json.loads((ddir / META_FILE).read_text())["vocab_size"]
+        setup.model = auto_size(setup.model, setup.train, b.amount - clock.elapsed(), probe_seconds, log)
+        log(f"auto-size probes took {clock.elapsed() - prep_seconds:.1f}s of the budget")
     # Sampling happens after training but inside the budget: keep time for it (~5 ms/token, measured).
     reserve = n_samples * sample_tokens * 0.005
     info = train(setup.model, setup.train, ddir, clock=clock, reserve_s=reserve, log=log)

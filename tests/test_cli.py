@@ -115,3 +115,14 @@ def test_ngram_build_and_fused_eval(synth_data, tmp_path):
     assert result["fused"]["val_loss"] < result["val_loss"] - 0.5
     assert len(result["stories"]["stories"]) == 2 and "rep_ngram_3" in result["stories"]["story_metrics"]
     one_line_error(run("eval", str(out), "--data", str(synth_data), "--fuse", "magic:0.5"), "--fuse")
+
+
+@pytest.mark.slow
+def test_speedrun_auto_size(tmp_path):
+    res = run("speedrun", "--budget", "40s", "--data", "synth", "--out", str(tmp_path / "run"), "--no-progress",
+              "--auto-size", "--probe-seconds", "0.5", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    assert out.count("auto-size: ") >= 6 and "<- chosen" in out and "probes took" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["elapsed"] <= 41.0

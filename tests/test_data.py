@@ -120,3 +120,12 @@ def test_tinystories_offline_without_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BudgetLMError, match="hub cannot be reached"):
         list(open_source("tinystories", cache_dir=str(tmp_path)).train())
+
+
+def test_auto_size_picks_chinchilla_nearest():
+    from budgetlm.speedrun import pick_size
+    # 100 s at these speeds sees 2M, 1M, 0.5M tokens -> optimal sizes 100k, 50k, 25k params
+    shapes = [(10_000, 20_000.0), (50_000, 10_000.0), (400_000, 5_000.0)]
+    assert pick_size(shapes, 100) == 1
+    assert pick_size(shapes, 10_000) == 2  # a long budget favours the largest
+    assert pick_size(shapes, 1) == 0
