@@ -165,6 +165,10 @@ def load_gpt2() -> HFTokenizer:
     for d in gpt2_files_dirs():
         if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
             return _gpt2_from_files(d / "vocab.json", d / "merges.txt")
+    from budgetlm.data.sources import hub_reachable
+    if not hub_reachable():  # fail in seconds offline, not after huggingface_hub's retries
+        raise BudgetLMError("--tokenizer gpt2: GPT-2's files are not on disk and the Hugging Face hub cannot be "
+                            "reached; set BUDGETLM_GPT2_DIR to a folder with vocab.json and merges.txt")
     try:
         from huggingface_hub import hf_hub_download
         vocab = hf_hub_download(GPT2_HUB_REPO, "vocab.json")
