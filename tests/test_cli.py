@@ -74,10 +74,11 @@ def test_train_eval_sample_round_trip(synth_data, tmp_path):
     assert "tokens/s" in sm.stderr
 
 
-def test_speedrun_synth_end_to_end(tmp_path):
-    res = run("speedrun", "--budget", "25s", "--data", "synth", "--out", str(tmp_path / "run"), "--no-progress",
-              cwd=tmp_path)
+def test_speedrun_offline_falls_back_to_synth(tmp_path):
+    """The main job as the README runs it (default --data tinystories) with the hub unreachable."""
+    res = run("speedrun", "--budget", "25s", "--out", str(tmp_path / "run"), "--no-progress", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "training on the built-in synthetic stories" in res.stdout + res.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["elapsed"] <= 25 + 1.0
     assert summary["val_bpb"] < 4.0  # learned something: a uniform 2048-way guess is ~3.3 bits per ~1 byte token
