@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from budgetlm.config import ModelConfig
-from budgetlm.models.transformer import Block, make_norm, rope_tables
+from budgetlm.models.transformer import Block, init_weights, make_norm, rope_tables
 
 T_MIN = 1e-3  # training draws t from [T_MIN, 1]: at t ~ 0 nothing is masked and 1/t explodes
 
@@ -60,14 +60,8 @@ class D3PM(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
 
-    def _init_weights(self, module: nn.Module) -> None:  # as GPT._init_weights
-        if isinstance(module, nn.Linear):
-            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(module, "residual", False) else 0.02
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    def _init_weights(self, module: nn.Module) -> None:
+        init_weights(module, self.cfg.n_layer)
 
     def set_recompute(self, level: int) -> None:
         """Activation recomputation as in the GPT: 0 off, 1 MLPs, 2 whole blocks."""

@@ -47,6 +47,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def init_weights(module: nn.Module, n_layer: int) -> None:
+    """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer), zero biases."""
+    if isinstance(module, nn.Linear):
+        std = 0.02 / math.sqrt(2 * n_layer) if getattr(module, "residual", False) else 0.02
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
 class KVCache:
     """Pre-allocated keys/values for every layer, so decoding one token costs O(T), not O(T^2)."""
 
@@ -150,13 +161,7 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(module, "residual", False) else 0.02
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        init_weights(module, self.cfg.n_layer)
 
     def set_recompute(self, level: int) -> None:
         """Activation recomputation like llm.c's -r: 0 off, 1 MLPs, 2 whole blocks."""
