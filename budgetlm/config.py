@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -102,13 +103,28 @@ MODEL_PRESETS.update({"d12": MODEL_PRESETS["gpt2-124m"], "d24": MODEL_PRESETS["g
                       "d36": MODEL_PRESETS["gpt2-774m"], "d48": MODEL_PRESETS["gpt2-1.5b"]})
 
 
+SHAPE = re.compile(r"(\d+)x(\d+)(?:h(\d+))?")
+
+
+def preset_values(preset: str) -> dict[str, Any]:
+    """A named size, or a shape "LxW" (L layers, width W, head dim 32) / "LxWhH" (H heads), so sweeps
+    and the command line can name any small size without a preset for it."""
+    if preset in MODEL_PRESETS:
+        return dict(MODEL_PRESETS[preset])
+    m = SHAPE.fullmatch(preset)
+    if m:
+        layers, width = int(m[1]), int(m[2])
+        heads = int(m[3]) if m[3] else max(1, width // 32)
+        return dict(n_layer=layers, n_embd=width, n_head=heads)
+    raise BudgetLMError(f"--model: unknown size {preset!r}; choose from {', '.join(MODEL_PRESETS)} "
+                        f"or a shape like 4x128 (layers x width) / 4x128h4 (with heads)")
+
+
 def model_config(preset: str | None = None, **overrides: Any) -> ModelConfig:
     """A ModelConfig from a preset name plus explicit overrides (None values are ignored)."""
     values: dict[str, Any] = {}
     if preset:
-        if preset not in MODEL_PRESETS:
-            raise BudgetLMError(f"--model: unknown size {preset!r}; choose from {', '.join(MODEL_PRESETS)}")
-        values.update(MODEL_PRESETS[preset])
+        values.update(preset_values(preset))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ModelConfig(**values)
 

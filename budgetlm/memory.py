@@ -198,9 +198,10 @@ def pick_micro_batch(cfg: ModelConfig, seq_len: int, mem_bytes: float, dtype: st
 
 def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch.device, steps: int | None,
                  seconds: float | None, dtype: torch.dtype, compile: bool = False, accum: int = 1,
-                 fused_loss: bool = False, recompute: int = 0) -> dict[str, Any]:
+                 fused_loss: bool = False, recompute: int = 0, warmup: int = 1) -> dict[str, Any]:
     """Real AdamW steps on random tokens, as the trainer takes them (fp32 params, autocast,
-    logits held through the backward, `accum` micro-batches, clip, step, zero_grad(set_to_none))."""
+    logits held through the backward, `accum` micro-batches, clip, step, zero_grad(set_to_none)).
+    The first `warmup` steps (optimizer state, kernel selection, compile) are not timed."""
     from contextlib import nullcontext
 
     cfg = dataclasses.replace(cfg, block_size=max(cfg.block_size, seq_len))
@@ -234,6 +235,8 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
         return time.perf_counter() - t
 
     first = step()  # warm-up: optimizer state, kernels, compile
+    for _ in range(warmup - 1):  # compiled code settles (autotuning, recompiles) over a few steps
+        step()
     times: list[float] = []
     t0 = time.perf_counter()
     while (steps is not None and len(times) < steps) or (seconds is not None and time.perf_counter() - t0 < seconds):
@@ -244,13 +247,20 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
 
 
 def measure_throughput(cfg: ModelConfig, micro_batch: int, seq_len: int, seconds: float = 3.0,
-                       device: torch.device | None = None) -> dict[str, Any]:
-    """Tokens/s of real training steps on this machine's device for about `seconds` (after one
-    warm-up step), so --measure can put a measured number beside the estimate."""
+                       device: torch.device | None = None, compile: str = "auto") -> dict[str, Any]:
+    """Tokens/s of real training steps on this machine's device for about `seconds` (after the
+    warm-up steps), so --measure can put a measured number beside the estimate. compile="auto"
+    does what the trainer does (compiled on CUDA): the compile time is spent in the warm-up and
+    reported as first_step_s, and the timed steps run the code training will run."""
+    from budgetlm.device import should_compile
     from budgetlm.hardware import local_device
     dev = device or local_device()[0]
     dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return _train_steps(cfg, micro_batch, seq_len, dev, None, seconds, dtype)
+    compiled = should_compile(compile, dev)
+    res = _train_steps(cfg, micro_batch, seq_len, dev, None, seconds, dtype, compiled,
+                       warmup=3 if compiled else 1)
+    res["compile"] = compiled
+    return res
 
 
 def measure_peak_memory(cfg: ModelConfig, micro_batch: int, seq_len: int, steps: int = 3,

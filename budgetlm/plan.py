@@ -413,9 +413,11 @@ def explain(plan: Plan) -> str:
 
 
 def measure(plan: Plan, seconds: float = 3.0, max_step_s: float = 2.0, log=print,
-            limit: int | None = None) -> list[dict[str, Any]]:
+            limit: int | None = None, compile: str = "auto") -> list[dict[str, Any]]:
     """Real steps on this machine for every candidate small enough for it (at most `limit`, smallest
-    first); measured vs estimated tok/s, and the MFU that would have made the estimate right."""
+    first), compiled where the trainer compiles (compile="auto"); measured vs estimated tok/s, the
+    MFU that would have made the estimate right, and the candidate's time at the measured speed
+    (times the plan's GPU count: the plan assumes its own GPUs are the ones measured here)."""
     dev, name = local_device()
     peak = measure_cpu_tflops() * 1e12 if dev.type == "cpu" else peak_flops(name)
     import torch
@@ -433,13 +435,17 @@ def measure(plan: Plan, seconds: float = 3.0, max_step_s: float = 2.0, log=print
                                             overhead=overhead))
         if micro < 1:
             continue
-        r = measure_throughput(c.cfg, micro, plan.seq_len, seconds, dev)
+        r = measure_throughput(c.cfg, micro, plan.seq_len, seconds, dev, compile=compile)
+        tok_s = r["tokens_per_s"] * plan.n_gpus
         row = {"model": c.name, "device": name, "micro_batch": micro, "measured_tok_s": r["tokens_per_s"],
-               "estimated_tok_s": est, "error": est / r["tokens_per_s"] - 1,
-               "implied_mfu": r["tokens_per_s"] * flops_per_token(c.cfg, plan.seq_len) / peak}
+               "estimated_tok_s": est, "error": est / r["tokens_per_s"] - 1, "compile": r["compile"],
+               "implied_mfu": r["tokens_per_s"] * flops_per_token(c.cfg, plan.seq_len) / peak,
+               "step_tokens_per_s": r["tokens_per_s"], "hours_for_tokens": c.tokens_in_time / tok_s / 3600}
         rows.append(row)
-        log(f"  {c.name:16s} {name} ub {micro}: measured {row['measured_tok_s']:,.0f} tok/s, estimated "
-            f"{est:,.0f} ({row['error']:+.0%}); implied MFU {row['implied_mfu']:.0%}")
+        log(f"  {c.name:16s} {name} ub {micro} ({'compiled' if r['compile'] else 'eager'}): measured "
+            f"{row['measured_tok_s']:,.0f} tok/s, estimated {est:,.0f} ({row['error']:+.0%}); implied MFU "
+            f"{row['implied_mfu']:.0%}; its {c.tokens_in_time / 1e9:,.2f}B tokens would take "
+            f"{row['hours_for_tokens']:,.1f} h at the measured speed")
     if not rows:
         log("  no candidate is small enough to measure on this device within a few seconds")
     return rows
@@ -485,9 +491,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if args.explain:
         print("\nFormulas:\n" + explain(plan))
     if args.measure:
-        print("\nMeasured on this machine, eager (the trainer compiles on CUDA: faster, most for small models);"
-              " the estimate uses this device's peak and --mfu:")
-        measure(plan)
+        print("\nMeasured on this machine as the trainer runs (compiled on CUDA, eager elsewhere); the estimate "
+              "uses this device's peak and --mfu:")
+        measure(plan, compile=args.compile)
     if args.out:
         print(f"\nwrote {write_config(plan, args.out)}: budgetlm train --config {args.out}"
               + ("" if args.data else " --data DIR"))
@@ -515,6 +521,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--fused-loss", action="store_true", help="assume the chunked loss head (less memory)")
     sp.add_argument("--loss-tolerance", type=float, default=0.02, help="inference-optimal: loss allowed above the best")
     sp.add_argument("--measure", action="store_true", help="time real steps of the small candidates here")
+    sp.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                    help="with --measure: compile as the trainer would (auto: on CUDA only)")
     sp.add_argument("--explain", action="store_true", help="print every formula with its numbers")
     sp.add_argument("--out", help="write the recommended config as TOML here")
     sp.add_argument("--data", help="prepared data folder to name in the config's [data] table")
