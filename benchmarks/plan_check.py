@@ -32,12 +32,14 @@ CASES = ("gpt2-124m", "gpt2-350m", "tinyllama-1.1b")
 
 
 def _commit() -> str:
+    if os.environ.get("BUDGETLM_COMMIT"):  # the device machine's copy of the tree carries a stale .git
+        return os.environ["BUDGETLM_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         out = ""
-    return out or os.environ.get("BUDGETLM_COMMIT", "unknown")
+    return out or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -148,12 +148,14 @@ def max_micro_batch(start: int = 1, limit: int = 1024, **kw) -> tuple[int, dict 
 
 def _stamp() -> dict:
     import os
-    try:  # the device machine gets a copy of the tree without .git: BUDGETLM_COMMIT names it there
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        sha = ""
-    sha = sha or os.environ.get("BUDGETLM_COMMIT", "unknown")
+    sha = os.environ.get("BUDGETLM_COMMIT", "")  # the device machine's copy of the tree carries a stale .git
+    if not sha:
+        try:
+            sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=Path(__file__).parent).stdout.strip()
+        except OSError:
+            sha = ""
+    sha = sha or "unknown"
     return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": sha,
             "torch": torch.__version__, "cuda": torch.version.cuda, "host": platform.node()}
 
