@@ -83,18 +83,59 @@ def list_shards(data_dir: str | Path, split: str) -> list[Path]:
     return shards
 
 
-def load_split(data_dir: str | Path, split: str) -> np.ndarray:
-    """All tokens of a split. One shard stays a memmap; several are concatenated in memory."""
-    arrays = [read_shard(p) for p in list_shards(data_dir, split)]
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+class ShardedTokens:
+    """Several shards read as one token array without loading them: slicing copies only the
+    tokens asked for (across a shard boundary when needed), so 10B tokens on disk cost each rank
+    a few MB of RAM. Offers what the loaders use: len/size, int and step-1 slices, np.asarray."""
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = [a for a in arrays if a.size]
+        self.starts = np.cumsum([0] + [a.size for a in self.arrays])
+        self.size = int(self.starts[-1])
+        self.dtype = self.arrays[0].dtype if self.arrays else np.dtype(np.uint16)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + self.size if key < 0 else int(key)
+            if not 0 <= i < self.size:
+                raise IndexError(f"token index {key} out of range for {self.size} tokens")
+            shard = int(np.searchsorted(self.starts, i, side="right")) - 1
+            return self.arrays[shard][i - self.starts[shard]]
+        if not isinstance(key, slice):
+            raise TypeError("ShardedTokens takes an int or a slice")
+        start, stop, step = key.indices(self.size)
+        if step != 1:
+            raise ValueError("ShardedTokens slices must have step 1")
+        if stop <= start:
+            return np.zeros(0, dtype=self.dtype)
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        last = int(np.searchsorted(self.starts, stop - 1, side="right")) - 1
+        parts = [self.arrays[k][max(start - self.starts[k], 0):min(stop, self.starts[k + 1]) - self.starts[k]]
+                 for k in range(first, last + 1)]
+        return np.asarray(parts[0]) if len(parts) == 1 else np.concatenate(parts)
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate(self.arrays) if self.arrays else np.zeros(0, dtype=self.dtype)
+        return out.astype(dtype) if dtype is not None else out
 
 
-def load_pattern(pattern: str) -> np.ndarray:
+def _joined(arrays: list[np.ndarray]) -> np.ndarray | ShardedTokens:
+    return arrays[0] if len(arrays) == 1 else ShardedTokens(arrays)
+
+
+def load_split(data_dir: str | Path, split: str) -> np.ndarray | ShardedTokens:
+    """All tokens of a split, lazily: one shard is a memmap, several a ShardedTokens view of memmaps."""
+    return _joined([read_shard(p) for p in list_shards(data_dir, split)])
+
+
+def load_pattern(pattern: str) -> np.ndarray | ShardedTokens:
     """All tokens of the shards matching a glob (llm.c's -i/-j), in sorted order; a folder means its *.bin."""
     import glob
     p = Path(pattern).expanduser()
     paths = sorted(p.glob("*.bin")) if p.is_dir() else sorted(Path(x) for x in glob.glob(str(p)))
     if not paths:
         raise BudgetLMError(f"{pattern}: no shards match")
-    arrays = [read_shard(x) for x in paths]
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    return _joined([read_shard(x) for x in paths])
