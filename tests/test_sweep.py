@@ -119,3 +119,34 @@ def test_within_noise_verdicts_by_hand():
     assert [(e["setting"], e["verdict"]) for e in board] == [("best", "best"), ("close", "within noise"),
                                                             ("far", "worse")]
     assert board[1]["delta"] == pytest.approx(0.01)
+
+
+@pytest.mark.slow
+def test_short_time_budget_study_across_architectures(synth_data, tmp_path):
+    """The study's machinery at 15-second budgets: three architectures x 2 seeds on the clock,
+    each run inside its budget, a diffusion row flagged as a bound, and a complete leaderboard."""
+    path = tmp_path / "study.toml"
+    path.write_text(f"""
+[sweep]
+budget = "15s"
+data = "{synth_data}"
+seeds = [1, 2]
+out = "{tmp_path / 'out'}"
+preset = "2x32"
+[train]
+batch_size = 8
+seq_len = 32
+threads = 1
+[grid]
+arch = ["gpt", "lstm", "d3pm"]
+""")
+    res = run_sweep(load_sweep(path), log=lambda *_: None)
+    assert (res.ran, res.failed) == (6, 0)
+    for r in res.rows:
+        assert r["status"] == "ok" and r["steps"] > 1 and math.isfinite(r["val_bpb"])
+        summary = json.loads((tmp_path / "out" / r["run_dir"] / "summary.json").read_text())
+        assert 10.0 < summary["elapsed"] <= 15.0  # the clock ended each run, final eval included
+        assert r["bound"] == (r["arch"] == "d3pm")
+    assert {b["setting"] for b in res.board} == {"arch=gpt", "arch=lstm", "arch=d3pm"}
+    assert sum(b["verdict"] == "best" for b in res.board) == 1
+    assert [b["bound"] for b in res.board if b["setting"] == "arch=d3pm"] == [True]
