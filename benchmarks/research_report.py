@@ -84,6 +84,9 @@ def size_figure(summary: list[dict], png: Path) -> Path | None:
     b.set(xscale="log", yscale="log", xlabel="parameters", ylabel="tokens seen / parameter",
           title="tokens seen per parameter in 5 minutes")
     b.legend()
+    from matplotlib.ticker import NullFormatter
+    for ax in (a, b):  # minor log-axis labels overlap at these ranges
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
