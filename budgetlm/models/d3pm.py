@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from budgetlm.config import ModelConfig
-from budgetlm.models.transformer import Block, init_weights, make_norm, rope_tables
+from budgetlm.models.transformer import Block, finish_stack, make_norm, set_block_recompute
 
 T_MIN = 1e-3  # training draws t from [T_MIN, 1]: at t ~ 0 nothing is masked and 1/t explodes
 
@@ -52,24 +52,11 @@ class D3PM(nn.Module):
         self.norm_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, rows, bias=False)
         self.recompute = 0
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
-        if cfg.pos == "rope":
-            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        init_weights(module, self.cfg.n_layer)
+        finish_stack(self, cfg)
 
     def set_recompute(self, level: int) -> None:
         """Activation recomputation as in the GPT: 0 off, 1 MLPs, 2 whole blocks."""
-        if level not in (0, 1, 2):
-            raise ValueError(f"recompute level must be 0, 1 or 2, got {level}")
-        self.recompute = level
-        for b in self.blocks:
-            b.recompute_mlp = level == 1
+        set_block_recompute(self, level)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

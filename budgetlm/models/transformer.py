@@ -77,7 +77,7 @@ class Attention(nn.Module):
         hd, kv = cfg.head_dim, cfg.kv_heads
         self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * kv) * hd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.proj.residual = True  # scaled init, see GPT._init_weights
+        self.proj.residual = True  # scaled init, see init_weights
 
     def forward(self, x: torch.Tensor, rope: tuple | None, cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, C = x.shape
@@ -140,6 +140,27 @@ class Block(nn.Module):
         return x + self._mlp(x)
 
 
+def finish_stack(model: nn.Module, cfg: ModelConfig) -> None:
+    """The end of a transformer stack's constructor, shared by the GPT and the D3PM denoiser:
+    tie the head to the embedding, add the RoPE tables, apply the GPT-2 init."""
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.wte.weight
+    if cfg.pos == "rope":
+        cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+        model.register_buffer("rope_cos", cos, persistent=False)
+        model.register_buffer("rope_sin", sin, persistent=False)
+    model.apply(lambda module: init_weights(module, cfg.n_layer))
+
+
+def set_block_recompute(model: nn.Module, level: int) -> None:
+    """0 keeps all activations, 1 recomputes the MLPs, 2 whole blocks (the forward checks model.recompute)."""
+    if level not in (0, 1, 2):
+        raise ValueError(f"recompute level must be 0, 1 or 2, got {level}")
+    model.recompute = level
+    for b in model.blocks:
+        b.recompute_mlp = level == 1
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -152,24 +173,11 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False)
         self.fused_loss = False  # chunked head + cross-entropy (models/fused_ce.py); set by the trainer
         self.recompute = 0  # 0: keep all activations; 1: recompute MLPs; 2: recompute whole blocks
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
-        if cfg.pos == "rope":
-            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        init_weights(module, self.cfg.n_layer)
+        finish_stack(self, cfg)
 
     def set_recompute(self, level: int) -> None:
         """Activation recomputation like llm.c's -r: 0 off, 1 MLPs, 2 whole blocks."""
-        if level not in (0, 1, 2):
-            raise ValueError(f"recompute level must be 0, 1 or 2, got {level}")
-        self.recompute = level
-        for b in self.blocks:
-            b.recompute_mlp = level == 1
+        set_block_recompute(self, level)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # parameters() counts tied weights once
