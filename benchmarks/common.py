@@ -32,6 +32,8 @@ def machine() -> dict:
 
 
 def commit() -> str:
+    if os.environ.get("BUDGETLM_COMMIT"):  # the device machine's copy of the tree carries a stale .git
+        return os.environ["BUDGETLM_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent).stdout.strip()

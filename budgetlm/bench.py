@@ -5,7 +5,6 @@ so every speed claim comes with its ablation. Results append to benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import platform
@@ -16,9 +15,11 @@ from pathlib import Path
 import torch
 
 from budgetlm.config import TrainConfig, model_config
-from budgetlm.device import autocast_ctx, pick_device, synchronize
+from budgetlm.device import ATTENTION_BACKENDS, attention_ctx, autocast_ctx, pick_device, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
+from budgetlm.models.fp8 import FP8_RECIPES, enable_fp8
+from budgetlm.models.transformer import gqa_mode
 from budgetlm.train.trainer import make_optimizer
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results.jsonl"
@@ -31,25 +32,29 @@ ABLATION = {
     "no compile": {"compile": False},
     "chunked fused loss": {"fused_loss": True},
     "no vocab padding": {"vocab_multiple": 1},
+    "attention: FlashAttention-2": {"attn": "flash"},
     "attention: math kernel": {"attn": "math"},
+    "GQA: repeated kv heads": {"native_gqa": False},  # only for models with grouped-query attention
     "AdamW foreach (not fused)": {"fused_adam": False},
     "fp32 (no bf16 autocast)": {"dtype": "float32", "compile": False},
+    "+ fp8 tensorwise": {"fp8": "tensorwise"},  # opt-in pieces: added to the fast path, not taken away
+    "+ fp8 rowwise": {"fp8": "rowwise"},
 }
 
 
-def _sdpa_backend(name: str):
-    if name == "auto":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    table = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-    return sdpa_kernel([table[name]])
+def ablation_settings(model_name: str, attn: str = "auto", fp8: str = "off") -> dict[str, dict]:
+    """ABLATION without the rows that would change nothing for this model or this fast path."""
+    shape = model_config(model_name)
+    return {k: v for k, v in ABLATION.items()
+            if (shape.kv_heads != shape.n_head or "native_gqa" not in v)
+            and ("fp8" not in v or fp8 == "off") and v.get("attn", "-") != attn}
 
 
 def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warmup: int = 5,
               compile: bool = True, fused_loss: bool = True, vocab_multiple: int | None = None, attn: str = "auto",
               fused_adam: bool = True, dtype: str = "bfloat16", recompute: int = 0, device: str = "auto",
-              accum: int = 1, compile_mode: str = "default", **model_overrides) -> dict:
+              accum: int = 1, compile_mode: str = "default", fp8: str = "off", native_gqa: bool = True,
+              **model_overrides) -> dict:
     """ms/step, tokens/s, MFU and peak memory of `steps` timed AdamW steps on random tokens; each
     step is `accum` micro-batches (the optimizer step is amortized over them, as in real training)."""
     dev = pick_device(device)
@@ -59,6 +64,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
         overrides["vocab_multiple"] = vocab_multiple
     cfg = model_config(model_name, **overrides)
     model = build_model(cfg).to(dev)
+    fp8_layers = enable_fp8(model, fp8)
     model.fused_loss = fused_loss
     model.set_recompute(recompute)
     opt = make_optimizer(model, TrainConfig(), dev)
@@ -74,9 +80,10 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     def step(i: int) -> None:
         for a in range(accum):
             batch = data[i % len(data), a].to(dev, non_blocking=True)
-            with amp, _sdpa_backend(attn):
-                _, loss = run(batch[:, :-1], batch[:, 1:])
-            (loss / accum).backward()
+            with attention_ctx(attn, dev), gqa_mode(native_gqa):  # forward and backward: same kernel
+                with amp:
+                    _, loss = run(batch[:, :-1], batch[:, 1:])
+                (loss / accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -101,16 +108,19 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
         ms = (time.perf_counter() - t0) * 1000 / steps
     tokens = micro_batch * seq * accum
     fpt = model.flops_per_token(seq)
+    fpt_full = model.flops_per_token_full_attention(seq) if hasattr(model, "flops_per_token_full_attention") else fpt
     from budgetlm.hardware import peak_flops
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     peak = peak_flops(name) if dev.type == "cuda" else None
     tps = tokens / (ms / 1000)
     return {"model": model_name, "params": model.num_params(), "seq": seq, "micro_batch": micro_batch,
             "ms_per_step": ms, "tokens_per_s": tps, "mfu": tps * fpt / peak if peak else None,
+            "mfu_full_attn": tps * fpt_full / peak if peak else None,
             "tflops": tps * fpt / 1e12, "peak_mem_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None,
             "warmup_s": warmup_s, "device": name, "compile": compile, "fused_loss": fused_loss,
             "vocab_multiple": cfg.vocab_multiple, "attn": attn, "fused_adam": fused_adam, "dtype": dtype,
-            "recompute": recompute, "steps": steps, "accum": accum, "compile_mode": compile_mode if compile else None}
+            "recompute": recompute, "steps": steps, "accum": accum, "compile_mode": compile_mode if compile else None,
+            "fp8": fp8, "fp8_layers": len(fp8_layers), "native_gqa": native_gqa}
 
 
 def max_micro_batch(start: int = 1, limit: int = 1024, **kw) -> tuple[int, dict | None]:
@@ -167,13 +177,17 @@ def record(rows: list[dict], benchmark: str, path: Path = RESULTS) -> None:
             f.write(json.dumps({**stamp, "benchmark": benchmark, **r}) + "\n")
 
 
-def print_rows(rows: list[dict]) -> None:
-    print(f"{'setting':<28}{'ms/step':>9}{'tok/s':>11}{'MFU':>7}{'TFLOP/s':>9}{'mem GB':>8}")
+def print_rows(rows: list[dict], header: bool = True) -> None:
+    """MFU counts causal attention as the kernels run it (half the T x T square); MFU-full counts
+    the whole square, the convention of nanoGPT's, PaLM's and TinyLlama's published MFU."""
+    if header:
+        print(f"{'setting':<30}{'ms/step':>9}{'tok/s':>11}{'MFU':>7}{'MFU-full':>9}{'TFLOP/s':>9}{'mem GB':>8}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
+        full = f"{r['mfu_full_attn']:.1%}" if r.get("mfu_full_attn") else "-"
         mem = f"{r['peak_mem_gb']:.1f}" if r.get("peak_mem_gb") else "-"
-        print(f"{r.get('setting', r['model']):<28}{r['ms_per_step']:>9.1f}{r['tokens_per_s']:>11,.0f}{mfu:>7}"
-              f"{r['tflops']:>9.1f}{mem:>8}")
+        print(f"{r.get('setting', r['model']):<30}{r['ms_per_step']:>9.1f}{r['tokens_per_s']:>11,.0f}{mfu:>7}"
+              f"{full:>9}{r['tflops']:>9.1f}{mem:>8}", flush=True)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -181,7 +195,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise BudgetLMError("--seq, --micro-batch, --accum and --steps must be positive")
     base = dict(model_name=args.model, seq=args.seq, steps=args.steps, warmup=args.warmup,
                 compile=args.compile == "on", fused_loss=args.fused_loss == "on", attn=args.attn,
-                fused_adam=args.fused_adam == "on", dtype=args.dtype, recompute=args.recompute,
+                fused_adam=args.fused_adam == "on", dtype=args.dtype, recompute=args.recompute, fp8=args.fp8,
+                native_gqa=args.gqa == "native",
                 device=args.device or "auto", accum=args.accum, compile_mode=args.compile_mode)
     if args.vocab_multiple is not None:
         base["vocab_multiple"] = args.vocab_multiple
@@ -194,7 +209,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             row.update(setting="largest micro-batch", largest_micro_batch=mb)
             record([row], "bench-max-micro-batch", Path(args.results))
         return
-    settings = ABLATION if args.ablation else {"as given": {}}
+    settings = ablation_settings(args.model, args.attn, args.fp8) if args.ablation else {"as given": {}}
     rows = []
     for mb in args.micro_batch:
         for name, change in settings.items():
@@ -204,12 +219,17 @@ def cmd_bench(args: argparse.Namespace) -> None:
                 print(f"{name} (micro-batch {mb}): out of memory")
                 torch.cuda.empty_cache()
                 continue
+            except BudgetLMError as e:
+                if not args.ablation:
+                    raise
+                print(f"{name} (micro-batch {mb}): skipped, {e}")  # e.g. fp8 rows on a GPU without FP8
+                continue
             finally:
                 if base["compile"]:
                     torch._dynamo.reset()  # each setting compiles afresh; don't let caches pile up
             r["setting"] = name if len(args.micro_batch) == 1 else f"{name} mb{mb}"
+            print_rows([r], header=not rows)
             rows.append(r)
-            print_rows([r])
     if rows and not args.no_record:
         record(rows, "bench-ablation" if args.ablation else "bench", Path(args.results))
 
@@ -229,7 +249,11 @@ def register(sub) -> None:
                    help="chunked head+CE (saves memory; the compiled plain loss is faster on H100)")
     p.add_argument("--fused-adam", choices=["on", "off"], default="on")
     p.add_argument("--vocab-multiple", type=int)
-    p.add_argument("--attn", choices=["auto", "flash", "cudnn", "efficient", "math"], default="auto")
+    p.add_argument("--attn", choices=list(ATTENTION_BACKENDS), default="auto",
+                   help="preferred attention kernel (auto: cuDNN on Hopper, else PyTorch's order)")
+    p.add_argument("--fp8", choices=list(FP8_RECIPES), default="off", help="FP8 matmuls through torchao")
+    p.add_argument("--gqa", choices=["native", "repeat"], default="native",
+                   help="grouped-query attention: SDPA's enable_gqa, or kv heads repeated before it")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--recompute", type=int, choices=[0, 1, 2], default=0)
     p.add_argument("--device")

@@ -160,6 +160,8 @@ class TrainConfig:
     progress: bool = True
     fused_loss: str = "auto"  # auto | on | off: chunked head + cross-entropy, saves memory (auto: off)
     recompute: int = 0  # activation recomputation: 0 off, 1 MLPs, 2 whole blocks (llm.c -r)
+    attn: str = "auto"  # preferred attention kernel: auto | flash | cudnn | efficient | math
+    fp8: str = "off"  # off | tensorwise | rowwise: FP8 matmuls through torchao (Ada/Hopper GPUs)
     teacher: str | None = None  # e.g. "ngram:4": distill from an n-gram for the first steps
     distill_steps: int = 200
     distill_alpha: float = 0.5

@@ -7,6 +7,7 @@ Any mix of the switches is allowed, so ablations change one thing at a time.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -58,6 +59,21 @@ def init_weights(module: nn.Module, n_layer: int) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
 
+# Grouped-query attention through SDPA's enable_gqa (torch >= 2.5) on CUDA half precision;
+# gqa_mode(False) restores the repeated-heads path (the bench's ablation row).
+NATIVE_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+@contextlib.contextmanager
+def gqa_mode(native: bool):
+    global NATIVE_GQA
+    before, NATIVE_GQA = NATIVE_GQA, native and NATIVE_GQA
+    try:
+        yield
+    finally:
+        NATIVE_GQA = before
+
+
 class KVCache:
     """Pre-allocated keys/values for every layer, so decoding one token costs O(T), not O(T^2)."""
 
@@ -98,11 +114,16 @@ class Attention(nn.Module):
                 if T != 1:
                     raise ValueError("KV cache: after the prompt, feed one token at a time")
                 causal = False  # one new query attends to everything cached
-        if cfg.kv_heads != cfg.n_head:  # GQA: share each kv head across n_head/kv_heads query heads
-            rep = cfg.n_head // cfg.kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         drop = cfg.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=drop)
+        gqa = cfg.kv_heads != cfg.n_head  # GQA: each kv head serves n_head/kv_heads query heads
+        if gqa and NATIVE_GQA and q.is_cuda and q.dtype != torch.float32:
+            # the fused kernels read the shared kv heads in place: no repeated copies to store
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=drop, enable_gqa=True)
+        else:
+            if gqa:  # CPU, fp32 and old torch: the memory-efficient/math kernels need equal head counts
+                rep = cfg.n_head // cfg.kv_heads
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=drop)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -195,6 +216,11 @@ class GPT(nn.Module):
         if not cfg.tie_embeddings:
             n -= self.wte.weight.numel()
         return 6 * n + 6 * cfg.n_layer * cfg.n_embd * seq_len  # causal: half of 12*L*d*T
+
+    def flops_per_token_full_attention(self, seq_len: int) -> float:
+        """The convention of nanoGPT, PaLM and TinyLlama's MFU: attention scores counted over the
+        whole T x T square (12*L*d*T), though causal kernels skip half. Used to compare with them."""
+        return self.flops_per_token(seq_len) + 6 * self.cfg.n_layer * self.cfg.n_embd * seq_len
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Final-norm hidden states (B, T, n_embd): the input to the LM head."""

@@ -20,10 +20,11 @@ from budgetlm.config import ModelConfig, RunInfo, TrainConfig, to_dict
 from budgetlm.data.loader import BatchLoader
 from budgetlm.data.prepare import data_tokenizer, load_meta
 from budgetlm.data.shards import load_pattern, load_split
-from budgetlm.device import autocast_ctx, pick_device, pick_dtype, set_threads, should_compile, synchronize
+from budgetlm.device import attention_ctx, autocast_ctx, pick_device, pick_dtype, set_threads, should_compile, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.eval.perplexity import evaluate
 from budgetlm.models import build_model
+from budgetlm.models.fp8 import enable_fp8
 from budgetlm.train.budget import Budget, lr_at, parse_budget
 from budgetlm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from budgetlm.train.distributed import DistContext, maybe_main_first, setup as setup_distributed
@@ -141,6 +142,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
         loss_hook = make_teacher_hook(cfg.teacher, train_tokens, tokenizer.vocab_size, tokenizer.eot_id,
                                       cfg.distill_steps, cfg.distill_alpha, cfg.distill_temp, log=log)
     model = build_model(model_cfg).to(device)
+    fp8_layers = enable_fp8(model, cfg.fp8)  # before wrapping: DDP/FSDP see the FP8 Linears
     step, tokens_seen, max_frac, losses = 0, 0, 0.0, []
     state = None
     if resume:
@@ -179,6 +181,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     compiled = should_compile(cfg.compile, device)
     run_model = torch.compile(ddp_model) if compiled else ddp_model
     autocast = autocast_ctx(device, dtype)
+    attention_ctx(cfg.attn, device)  # a bad --attn fails here, before any step
     token_bytes = tokenizer.token_bytes()
     final_eval_tokens = cfg.final_eval_tokens or val_tokens.size
     ckpt_root = out / "checkpoints"
@@ -233,7 +236,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
 
     log(f"model: {n_params:,} params ({model_cfg.n_layer} layers, {model_cfg.n_embd} wide, {model_cfg.n_head} heads, "
         f"vocab {model_cfg.vocab_size}) | device {device.type} {str(dtype).replace('torch.', '')} | threads {threads} "
-        f"| compile {'on' if compiled else 'off'} | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
+        f"| compile {'on' if compiled else 'off'}{f' | fp8 {cfg.fp8} ({len(fp8_layers)} Linears)' if fp8_layers else ''} | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
         f"{f'x{ctx.world} ranks ({ctx.parallel}' + (', zero1)' if ctx.zero_stage else ')') if ctx.enabled else ''} "
         f"| budget {budget} | data {meta['train_tokens']:,} train tokens")
 
@@ -269,7 +272,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                 if device.type == "cuda":  # pinned host memory makes the copy truly asynchronous
                     x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with ctx.micro_step(last=micro == accum - 1):  # gradients sync on the last micro-step only
+                with ctx.micro_step(last=micro == accum - 1), attention_ctx(cfg.attn, device):  # forward and
+                    # backward under one kernel preference; gradients sync on the last micro-step only
                     with autocast:
                         logits, loss = run_model(x, y)
                         objective = loss_hook(step, max_frac, x, y, logits, loss) if loss_hook else None

@@ -1,0 +1,123 @@
+"""The fast path's switches: attention-kernel preference, native grouped-query attention, FP8
+matmuls (emulated on CPU), the full-attention FLOP convention and the bench's ablation rows."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from budgetlm.bench import ablation_settings
+from budgetlm.config import model_config
+from budgetlm.device import attention_ctx
+from budgetlm.errors import BudgetLMError
+from budgetlm.models import build_model
+from budgetlm.models import transformer
+from budgetlm.models.transformer import gqa_mode
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+
+def tiny(**kw):
+    base = dict(n_layer=2, n_head=4, n_embd=64, vocab_size=300, block_size=32)
+    return model_config(**{**base, **kw})
+
+
+def test_attention_ctx_rejects_unknown_kernel():
+    with pytest.raises(BudgetLMError, match="--attn"):
+        attention_ctx("flashy", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kernel", ["auto", "flash", "cudnn", "efficient", "math"])
+def test_attention_preference_keeps_the_function(kernel):
+    # A preference the device cannot serve falls back; every choice must compute the same loss.
+    torch.manual_seed(0)
+    model = build_model(tiny())
+    x = torch.randint(0, 300, (2, 33))
+    _, ref = model(x[:, :-1], x[:, 1:])
+    with attention_ctx(kernel, torch.device("cpu")):
+        _, loss = model(x[:, :-1], x[:, 1:])
+    assert abs(loss.item() - ref.item()) < 1e-5
+
+
+def test_gqa_mode_restores_the_switch():
+    before = transformer.NATIVE_GQA
+    with gqa_mode(False):
+        assert transformer.NATIVE_GQA is False
+    assert transformer.NATIVE_GQA == before
+
+
+@CUDA
+def test_native_gqa_matches_repeated_heads_on_cuda():
+    torch.manual_seed(0)
+    model = build_model(tiny(n_head=8, n_kv_head=2, pos="rope", norm="rmsnorm", mlp="swiglu")).cuda()
+    x = torch.randint(0, 300, (4, 33), device="cuda")
+    outs = []
+    for native in (True, False):
+        with gqa_mode(native), torch.autocast("cuda", dtype=torch.bfloat16):
+            outs.append(model(x[:, :-1], x[:, 1:])[1].item())
+    assert abs(outs[0] - outs[1]) < 1e-2 * outs[1]
+
+
+def test_full_attention_flops_add_the_masked_half():
+    cfg = tiny()
+    model = build_model(cfg)
+    T = 32
+    extra = model.flops_per_token_full_attention(T) - model.flops_per_token(T)
+    assert extra == 6 * cfg.n_layer * cfg.n_embd * T
+    # nanoGPT's convention for GPT-2 124M at T=1024: ~0.86 GFLOP/token (433k tok/s ~ 37% of 989 TFLOP/s)
+    with torch.device("meta"):
+        gpt2 = build_model(model_config("gpt2-124m", block_size=1024, vocab_multiple=1))
+    assert 0.84e9 < gpt2.flops_per_token_full_attention(1024) < 0.87e9
+
+
+def test_ablation_rows_fit_the_model():
+    gpt2 = ablation_settings("gpt2-124m")
+    llama = ablation_settings("tinyllama-1.1b")
+    assert "GQA: repeated kv heads" not in gpt2 and "GQA: repeated kv heads" in llama
+    assert "+ fp8 tensorwise" in gpt2 and "+ fp8 tensorwise" not in ablation_settings("gpt2-124m", fp8="rowwise")
+    assert "attention: FlashAttention-2" not in ablation_settings("gpt2-124m", attn="flash")
+    assert all(v != {} for k, v in gpt2.items() if k != "fast (as given)")
+
+
+def test_fp8_needs_a_gpu_with_fp8_cores():
+    pytest.importorskip("torchao")
+    from budgetlm.models.fp8 import enable_fp8
+    model = build_model(tiny())
+    with pytest.raises(BudgetLMError, match="--fp8 needs an NVIDIA GPU"):
+        enable_fp8(model, "tensorwise")
+    with pytest.raises(BudgetLMError, match="--fp8: unknown recipe"):
+        enable_fp8(model, "blockwise")
+    assert enable_fp8(model, "off") == []
+
+
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
+def test_fp8_emulated_trains_like_the_plain_model(recipe):
+    pytest.importorskip("torchao")
+    from budgetlm.models.fp8 import enable_fp8
+    torch.manual_seed(0)
+    plain = build_model(tiny(n_embd=128, vocab_size=1024))
+    fp8 = copy.deepcopy(plain)
+    swapped = enable_fp8(fp8, recipe, emulate=True)
+    assert "lm_head" in swapped and "blocks.1.mlp.down" in swapped and len(swapped) == 2 * 4 + 1
+    assert fp8.lm_head.weight is fp8.wte.weight  # tying survives the swap
+    assert list(fp8.state_dict()) == list(plain.state_dict())  # checkpoints and export unchanged
+    x = torch.randint(0, 1024, (4, 33))
+    _, a = plain(x[:, :-1], x[:, 1:])
+    _, b = fp8(x[:, :-1], x[:, 1:])
+    a.backward()
+    b.backward()
+    assert abs(a.item() - b.item()) < 1e-2 * a.item()
+    g_plain, g_fp8 = plain.blocks[0].mlp.up.weight.grad, fp8.blocks[0].mlp.up.weight.grad
+    # e5m2 gradients carry 2 mantissa bits: close in direction, not bit-equal
+    assert ((g_plain - g_fp8).norm() / g_plain.norm()).item() < 0.3
+    assert torch.nn.functional.cosine_similarity(g_plain.flatten(), g_fp8.flatten(), dim=0) > 0.95
+
+
+def test_fp8_can_leave_the_head_alone():
+    pytest.importorskip("torchao")
+    from budgetlm.models.fp8 import enable_fp8
+    model = build_model(tiny(n_embd=128))
+    swapped = enable_fp8(model, "tensorwise", include_head=False, emulate=True)
+    assert "lm_head" not in swapped and type(model.lm_head) is torch.nn.Linear
