@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import record  # noqa: E402
-from budgetlm.device import attention_ctx  # noqa: E402
+from budgetlm.models.transformer import set_attention_kernel  # noqa: E402
 
 SHAPES = {  # name: (batch, query heads, kv heads, seq, head dim)
     "gpt2-124m mb32": (32, 12, 12, 1024, 64),
@@ -36,6 +36,13 @@ def attend(q, k, v, gqa: str):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     rep = q.size(1) // k.size(1)
     return F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), is_causal=True)
+
+
+def only(kernel: str):
+    """Eager runs: restrict SDPA to one kernel (an unservable shape raises, and is reported)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([{"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                         "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[kernel]])
 
 
 def inputs(B, H, K, T, D, dtype, seed):
@@ -76,8 +83,9 @@ def main() -> None:
         sys.exit("needs CUDA")
     dev = torch.device("cuda")
     rows = []
+    compiled_only = "--compiled-only" in sys.argv
     print(f"{'shape':<22}{'kernel':<11}{'gqa':<8}{'ms fwd+bwd':>11}{'TFLOP/s':>9}{'out err':>9}{'grad err':>9}  ran")
-    for shape, (B, H, K, T, D) in SHAPES.items():
+    for shape, (B, H, K, T, D) in ({} if compiled_only else SHAPES).items():
         flops = 4 * B * H * T * T * D / 2 * 3.5  # causal: half; backward 2.5x forward
         for backend in ("flash", "cudnn", "efficient"):
             for gqa in (("native", "repeat") if H != K else ("-",)):
@@ -85,19 +93,19 @@ def main() -> None:
                 dout = torch.randn(B, H, T, D, device=dev, dtype=torch.bfloat16)
 
                 def step():
-                    with attention_ctx(backend, dev):
+                    with only(backend):
                         attend(q, k, v, gqa).backward(dout)
                 try:
                     ran = kernel_names(step)
                     ms = time_fwd_bwd(step)
                     # accuracy on fresh small inputs vs fp32 math
                     qs, ks, vs = inputs(2, H, K, T, D, torch.bfloat16, seed=7)
-                    with attention_ctx(backend, dev):
+                    with only(backend):
                         out = attend(qs, ks, vs, gqa)
                     g = torch.randn_like(out)
                     grads = torch.autograd.grad(out, (qs, ks, vs), g)
                     ref_in = [t.detach().double().requires_grad_() for t in (qs, ks, vs)]
-                    with attention_ctx("math", dev):
+                    with only("math"):
                         ref = attend(*ref_in, "repeat")
                     ref_grads = torch.autograd.grad(ref, ref_in, g.double())
                     out_err = rel(out, ref)
@@ -111,7 +119,7 @@ def main() -> None:
                 print(f"{shape:<22}{backend:<11}{gqa:<8}{ms:>11.2f}{row['tflops']:>9.0f}{out_err:>9.1e}"
                       f"{grad_err:>9.1e}  {'; '.join(ran)[:120]}", flush=True)
 
-    # Does the preference reach a compiled model? Profile one compiled step under each.
+    # Does the model's kernel choice reach a compiled step? Profile one under each.
     from budgetlm.config import model_config
     from budgetlm.models import build_model
     cfg = model_config("gpt2-124m", block_size=1024)
@@ -119,13 +127,13 @@ def main() -> None:
     x = torch.randint(0, cfg.vocab_size, (8, 1025), device=dev)
     for backend in ("flash", "cudnn"):
         torch._dynamo.reset()
+        set_attention_kernel(model, backend)
         run = torch.compile(model)
 
         def step():
-            with attention_ctx(backend, dev), torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
                 _, loss = run(x[:, :-1], x[:, 1:])
-            with attention_ctx(backend, dev):
-                loss.backward()
+            loss.backward()
         step()
         ran = kernel_names(step)
         rows.append({"shape": "compiled gpt2-124m step", "kernel": backend, "kernels_ran": ran})

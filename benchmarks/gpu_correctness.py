@@ -16,9 +16,10 @@ from benchmarks.common import record  # noqa: E402
 from budgetlm.config import TrainConfig, model_config  # noqa: E402
 from budgetlm.data.synth import generate_stories  # noqa: E402
 from budgetlm.data.tokenizers import build_tokenizer  # noqa: E402
-from budgetlm.device import attention_ctx  # noqa: E402
+from budgetlm.device import resolve_attention  # noqa: E402
 from budgetlm.models import build_model  # noqa: E402
 from budgetlm.models.fp8 import enable_fp8  # noqa: E402
+from budgetlm.models.transformer import set_attention_kernel  # noqa: E402
 from budgetlm.train.trainer import make_optimizer  # noqa: E402
 
 
@@ -29,6 +30,7 @@ def run(batches, vocab, fast: bool, fused_loss: bool, steps: int, attn: str = "a
                        pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=4, bias=False, tie_embeddings=False)
     model = build_model(cfg).to(dev)
     enable_fp8(model, fp8)
+    set_attention_kernel(model, resolve_attention(attn, dev) if fast else "math")  # plain: fp32 math reference
     model.fused_loss = fused_loss
     opt = make_optimizer(model, TrainConfig(lr=1e-3), dev) if fast else torch.optim.AdamW(
         make_optimizer(model, TrainConfig(lr=1e-3), torch.device("cpu")).param_groups, lr=1e-3, betas=(0.9, 0.95))
@@ -36,10 +38,9 @@ def run(batches, vocab, fast: bool, fused_loss: bool, steps: int, attn: str = "a
     losses = []
     for x, y in batches[:steps]:
         x, y = x.to(dev), y.to(dev)
-        with attention_ctx(attn if fast else "math", dev):  # plain: the fp32 math reference kernel
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast):
-                _, loss = runner(x, y)
-            loss.backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast):
+            _, loss = runner(x, y)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

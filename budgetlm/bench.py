@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from budgetlm.config import TrainConfig, model_config
-from budgetlm.device import ATTENTION_BACKENDS, attention_ctx, autocast_ctx, pick_device, synchronize
+from budgetlm.device import ATTENTION_BACKENDS, autocast_ctx, pick_device, resolve_attention, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.models.fp8 import FP8_RECIPES, enable_fp8
-from budgetlm.models.transformer import gqa_mode
+from budgetlm.models.transformer import gqa_mode, set_attention_kernel
 from budgetlm.train.trainer import make_optimizer
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results.jsonl"
@@ -65,6 +65,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     cfg = model_config(model_name, **overrides)
     model = build_model(cfg).to(dev)
     fp8_layers = enable_fp8(model, fp8)
+    set_attention_kernel(model, resolve_attention(attn, dev))
     model.fused_loss = fused_loss
     model.set_recompute(recompute)
     opt = make_optimizer(model, TrainConfig(), dev)
@@ -80,7 +81,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     def step(i: int) -> None:
         for a in range(accum):
             batch = data[i % len(data), a].to(dev, non_blocking=True)
-            with attention_ctx(attn, dev), gqa_mode(native_gqa):  # forward and backward: same kernel
+            with gqa_mode(native_gqa):
                 with amp:
                     _, loss = run(batch[:, :-1], batch[:, 1:])
                 (loss / accum).backward()

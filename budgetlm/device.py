@@ -77,23 +77,13 @@ def synchronize(device: torch.device) -> None:
 ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
 
-def attention_ctx(name: str, device: torch.device):
-    """Which scaled_dot_product_attention kernel to prefer, around forward *and* backward (both
-    must pick the same kernel). A preference, not a restriction: shapes the preferred kernel
-    cannot serve fall back to the others. `auto` prefers cuDNN on Hopper, where it measured
-    faster than FlashAttention-2 for our training shapes (benchmarks/RESULTS.md §2), and leaves
-    PyTorch's own order elsewhere."""
+def resolve_attention(name: str, device: torch.device) -> str | None:
+    """The attention kernel to ask scaled_dot_product_attention for, or None for PyTorch's own
+    order. `auto` picks cuDNN on Hopper: there its fused attention ran 1.3-1.5x faster than
+    FlashAttention-2 for our training shapes (benchmarks/RESULTS.md §2), and PyTorch ranks it last."""
     if name not in ATTENTION_BACKENDS:
         raise BudgetLMError(f"--attn: unknown {name!r} (use {', '.join(ATTENTION_BACKENDS)})")
     if name == "auto":
-        if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
-            return nullcontext()
-        name = "cudnn"
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    table = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-    order = [table[name]] + [b for k, b in table.items() if k != name]
-    try:
-        return sdpa_kernel(order, set_priority=True)
-    except TypeError:  # torch < 2.6 has no priority order: restrict to the kernel, math as fallback
-        return sdpa_kernel([table[name], SDPBackend.MATH])
+        hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+        return "cudnn" if hopper else None
+    return name

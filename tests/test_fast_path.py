@@ -10,11 +10,11 @@ import torch
 
 from budgetlm.bench import ablation_settings
 from budgetlm.config import model_config
-from budgetlm.device import attention_ctx
+from budgetlm.device import resolve_attention
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.models import transformer
-from budgetlm.models.transformer import gqa_mode
+from budgetlm.models.transformer import gqa_mode, set_attention_kernel
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
@@ -24,21 +24,30 @@ def tiny(**kw):
     return model_config(**{**base, **kw})
 
 
-def test_attention_ctx_rejects_unknown_kernel():
+def test_attention_choice_rejects_unknown_kernel():
     with pytest.raises(BudgetLMError, match="--attn"):
-        attention_ctx("flashy", torch.device("cpu"))
+        resolve_attention("flashy", torch.device("cpu"))
+    assert resolve_attention("auto", torch.device("cpu")) is None  # PyTorch's own order off Hopper
+    assert resolve_attention("math", torch.device("cpu")) == "math"
 
 
 @pytest.mark.parametrize("kernel", ["auto", "flash", "cudnn", "efficient", "math"])
-def test_attention_preference_keeps_the_function(kernel):
-    # A preference the device cannot serve falls back; every choice must compute the same loss.
+def test_attention_kernel_choice_keeps_the_function(kernel):
+    # A kernel that cannot serve the inputs (cuDNN on CPU) is not forced; every choice computes
+    # the same loss and gradients.
     torch.manual_seed(0)
-    model = build_model(tiny())
+    model = build_model(tiny(n_head=4, n_kv_head=2))
     x = torch.randint(0, 300, (2, 33))
     _, ref = model(x[:, :-1], x[:, 1:])
-    with attention_ctx(kernel, torch.device("cpu")):
-        _, loss = model(x[:, :-1], x[:, 1:])
+    ref.backward()
+    ref_grad = model.blocks[0].attn.qkv.weight.grad.clone()
+    model.zero_grad()
+    set_attention_kernel(model, resolve_attention(kernel, torch.device("cpu")))
+    assert model.blocks[1].attn.kernel == resolve_attention(kernel, torch.device("cpu"))
+    _, loss = model(x[:, :-1], x[:, 1:])
+    loss.backward()
     assert abs(loss.item() - ref.item()) < 1e-5
+    assert torch.allclose(model.blocks[0].attn.qkv.weight.grad, ref_grad, atol=1e-6)
 
 
 def test_gqa_mode_restores_the_switch():
@@ -58,6 +67,19 @@ def test_native_gqa_matches_repeated_heads_on_cuda():
         with gqa_mode(native), torch.autocast("cuda", dtype=torch.bfloat16):
             outs.append(model(x[:, :-1], x[:, 1:])[1].item())
     assert abs(outs[0] - outs[1]) < 1e-2 * outs[1]
+
+
+@CUDA
+def test_cudnn_attention_matches_flash_on_cuda():
+    torch.manual_seed(0)
+    model = build_model(tiny(n_head=8, n_kv_head=2, n_embd=256, pos="rope", norm="rmsnorm", mlp="swiglu")).cuda()
+    x = torch.randint(0, 300, (4, 33), device="cuda")
+    losses = []
+    for kernel in ("flash", "cudnn", "math"):
+        set_attention_kernel(model, kernel)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            losses.append(model(x[:, :-1], x[:, 1:])[1].item())
+    assert max(losses) - min(losses) < 1e-2 * losses[-1]
 
 
 def test_full_attention_flops_add_the_masked_half():

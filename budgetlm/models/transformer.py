@@ -74,6 +74,24 @@ def gqa_mode(native: bool):
         NATIVE_GQA = before
 
 
+def sdpa_restriction(kernel: str | None, q: torch.Tensor, gqa: bool):
+    """Restrict scaled_dot_product_attention to one kernel inside the model's forward, where
+    torch.compile sees it (a priority set around a compiled call does not reach the graph: the
+    compiled step ran FlashAttention under a cuDNN preference, benchmarks/RESULTS.md §2). Only
+    when the kernel can serve these inputs; otherwise PyTorch's own order decides."""
+    if kernel is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    half = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    fits = {"math": True, "cudnn": half and q.size(-1) % 8 == 0 and q.size(-1) <= 128,
+            "flash": half and q.size(-1) <= 256, "efficient": q.is_cuda and not gqa}[kernel]
+    if not fits:
+        return contextlib.nullcontext()
+    table = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    return sdpa_kernel([table[kernel]])
+
+
 class KVCache:
     """Pre-allocated keys/values for every layer, so decoding one token costs O(T), not O(T^2)."""
 
@@ -94,6 +112,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * kv) * hd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.proj.residual = True  # scaled init, see init_weights
+        self.kernel: str | None = None  # attention kernel asked for in training (set_attention_kernel)
 
     def forward(self, x: torch.Tensor, rope: tuple | None, cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, C = x.shape
@@ -116,14 +135,15 @@ class Attention(nn.Module):
                 causal = False  # one new query attends to everything cached
         drop = cfg.dropout if self.training else 0.0
         gqa = cfg.kv_heads != cfg.n_head  # GQA: each kv head serves n_head/kv_heads query heads
-        if gqa and NATIVE_GQA and q.is_cuda and q.dtype != torch.float32:
-            # the fused kernels read the shared kv heads in place: no repeated copies to store
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=drop, enable_gqa=True)
-        else:
-            if gqa:  # CPU, fp32 and old torch: the memory-efficient/math kernels need equal head counts
-                rep = cfg.n_head // cfg.kv_heads
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=drop)
+        native = gqa and NATIVE_GQA and q.is_cuda and q.dtype != torch.float32 and self.kernel != "efficient"
+        if gqa and not native:  # CPU, fp32, old torch: the memory-efficient kernel needs equal head counts
+            rep = cfg.n_head // cfg.kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        kernel = self.kernel if self.training and cache is None else None
+        with sdpa_restriction(kernel, q, native):
+            # native GQA: the fused kernels read the shared kv heads in place, no repeated copies
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=drop, **(
+                {"enable_gqa": True} if native else {}))
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -171,6 +191,14 @@ def finish_stack(model: nn.Module, cfg: ModelConfig) -> None:
         model.register_buffer("rope_cos", cos, persistent=False)
         model.register_buffer("rope_sin", sin, persistent=False)
     model.apply(lambda module: init_weights(module, cfg.n_layer))
+
+
+def set_attention_kernel(model: nn.Module, kernel: str | None) -> None:
+    """Ask every attention layer for one SDPA kernel in training (flash, cudnn, efficient, math),
+    or None for PyTorch's own order; see sdpa_restriction."""
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.kernel = kernel
 
 
 def set_block_recompute(model: nn.Module, level: int) -> None:

@@ -20,11 +20,12 @@ from budgetlm.config import ModelConfig, RunInfo, TrainConfig, to_dict
 from budgetlm.data.loader import BatchLoader
 from budgetlm.data.prepare import data_tokenizer, load_meta
 from budgetlm.data.shards import load_pattern, load_split
-from budgetlm.device import attention_ctx, autocast_ctx, pick_device, pick_dtype, set_threads, should_compile, synchronize
+from budgetlm.device import autocast_ctx, resolve_attention, pick_device, pick_dtype, set_threads, should_compile, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.eval.perplexity import evaluate
 from budgetlm.models import build_model
 from budgetlm.models.fp8 import enable_fp8
+from budgetlm.models.transformer import set_attention_kernel
 from budgetlm.train.budget import Budget, lr_at, parse_budget
 from budgetlm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from budgetlm.train.distributed import DistContext, maybe_main_first, setup as setup_distributed
@@ -181,7 +182,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     compiled = should_compile(cfg.compile, device)
     run_model = torch.compile(ddp_model) if compiled else ddp_model
     autocast = autocast_ctx(device, dtype)
-    attention_ctx(cfg.attn, device)  # a bad --attn fails here, before any step
+    set_attention_kernel(model, resolve_attention(cfg.attn, device))
     token_bytes = tokenizer.token_bytes()
     final_eval_tokens = cfg.final_eval_tokens or val_tokens.size
     ckpt_root = out / "checkpoints"
@@ -272,8 +273,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                 if device.type == "cuda":  # pinned host memory makes the copy truly asynchronous
                     x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with ctx.micro_step(last=micro == accum - 1), attention_ctx(cfg.attn, device):  # forward and
-                    # backward under one kernel preference; gradients sync on the last micro-step only
+                with ctx.micro_step(last=micro == accum - 1):  # gradients sync on the last micro-step only
                     with autocast:
                         logits, loss = run_model(x, y)
                         objective = loss_hook(step, max_frac, x, y, logits, loss) if loss_hook else None
