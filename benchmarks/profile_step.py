@@ -1,0 +1,102 @@
+"""Where a compiled training step spends its GPU time: kernels from the PyTorch profiler, grouped
+into matmuls, attention, compiler-fused elementwise/reduction kernels (Triton), the optimizer and
+the rest. Tells which lever is left for a model (benchmarks/RESULTS.md §2).
+
+    python benchmarks/profile_step.py --model gpt2-124m --seq 1024 --micro-batch 32 [--fp8 tensorwise]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import record  # noqa: E402
+from budgetlm.config import TrainConfig, model_config  # noqa: E402
+from budgetlm.device import resolve_attention  # noqa: E402
+from budgetlm.models import build_model  # noqa: E402
+from budgetlm.models.fp8 import enable_fp8  # noqa: E402
+from budgetlm.models.transformer import set_attention_kernel  # noqa: E402
+from budgetlm.train.trainer import make_optimizer  # noqa: E402
+
+
+def group(name: str) -> str:
+    n = name.lower()
+    if any(s in n for s in ("sdpa", "flash", "fmha", "attention")):
+        return "attention"
+    if any(s in n for s in ("gemm", "nvjet", "xmma", "cutlass", "matmul", "_mm_", "scaled_mm")):
+        return "matmul"
+    if "adam" in n or "multi_tensor" in n:
+        return "optimizer (AdamW, grad clip)"
+    if n.startswith("triton"):
+        return "fused elementwise/reductions (Triton)"
+    return "other (copies, casts, embedding, ...)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gpt2-124m")
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--micro-batch", type=int, default=32)
+    ap.add_argument("--attn", default="auto")
+    ap.add_argument("--fp8", default="off")
+    ap.add_argument("--steps", type=int, default=3)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("needs CUDA")
+    dev = torch.device("cuda")
+    cfg = model_config(args.model, block_size=args.seq)
+    model = build_model(cfg).to(dev)
+    enable_fp8(model, args.fp8)
+    set_attention_kernel(model, resolve_attention(args.attn, dev))
+    opt = make_optimizer(model, TrainConfig(), dev)
+    run = torch.compile(model)
+    x = torch.randint(0, cfg.vocab_size, (args.micro_batch, args.seq + 1), device=dev)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = run(x[:, :-1], x[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.steps):
+            step()
+        torch.cuda.synchronize()
+    groups: dict[str, float] = defaultdict(float)
+    top = []
+    for e in prof.key_averages():
+        if e.device_type.name != "CUDA":
+            continue
+        us = e.self_device_time_total if hasattr(e, "self_device_time_total") else e.self_cuda_time_total
+        groups[group(e.key)] += us
+        top.append((us, e.key))
+    total = sum(groups.values())
+    ms = total / 1000 / args.steps
+    print(f"{args.model} seq {args.seq} micro-batch {args.micro_batch} attn {args.attn} fp8 {args.fp8}: "
+          f"{ms:.1f} ms of GPU kernels per step")
+    rows = []
+    for g, us in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"  {g:<40}{us / 1000 / args.steps:>8.1f} ms {us / total:>7.1%}")
+        rows.append({"group": g, "ms_per_step": us / 1000 / args.steps, "share": us / total})
+    print("  top kernels:")
+    for us, k in sorted(top, reverse=True)[:12]:
+        print(f"    {us / 1000 / args.steps:>7.2f} ms  {group(k)[:10]:<10} {k[:100]}")
+    record("profile-step", rows, model=args.model, seq=args.seq, micro_batch=args.micro_batch, attn=args.attn,
+           fp8=args.fp8, device=torch.cuda.get_device_name(), torch_version=torch.__version__,
+           kernel_ms_per_step=ms, top_kernels=[(round(us / 1000 / args.steps, 3), k[:120])
+                                               for us, k in sorted(top, reverse=True)[:20]])
+
+
+if __name__ == "__main__":
+    main()
