@@ -102,11 +102,12 @@ def _act_bytes(dtype: str) -> tuple[int, int]:
 
 
 def layer_activation_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "bfloat16",
-                           attention: str = "flash") -> dict[str, float]:
+                           attention: str = "flash", native_gqa: bool | None = None) -> dict[str, float]:
     """Bytes autograd saves per token in one block, by source. Follows transformer.Block:
 
     attention: norm1 input (r*d) + its output cast for qkv (a*d) + qkv output (q, k, v views
-    saved by SDPA) + rotated q, k if rope (new tensors) + repeated k, v if GQA + SDPA output and
+    saved by SDPA) + rotated q, k if rope (new tensors) + repeated k, v if GQA without SDPA's
+    enable_gqa (the model uses it in half precision on CUDA: `native_gqa`, default = bf16) + SDPA output and
     fp32 log-sum-exp + the reshaped copy fed to proj (a*d). `flash`/efficient SDPA stores no
     T x T scores; `math` attention adds scores and probabilities, 2*a*n_head*T per token.
     mlp: norm2 input (r*d) + cast (a*d) + up output + activation output (+ gate product for swiglu).
@@ -114,9 +115,12 @@ def layer_activation_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "bfloat1
     a, r = _act_bytes(dtype)
     d, H, K, hd, h = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.hidden
     rope, gqa = cfg.pos == "rope", K != H
+    if native_gqa is None:
+        native_gqa = dtype in ("bfloat16", "bf16")
+    repeated = gqa and not native_gqa
     attn = r * d + a * d + a * (H + 2 * K) * hd + 8  # + norm mean/rstd
     attn += a * H * hd if rope else 0  # rotated q
-    attn += 2 * a * H * hd if gqa else (a * K * hd if rope else 0)  # repeated k, v / rotated k
+    attn += 2 * a * H * hd if repeated else (a * K * hd if rope else 0)  # repeated k, v / rotated k
     attn += a * d + 4 * H + a * d  # SDPA out + lse, proj input copy
     if attention == "math":
         attn += 2 * a * H * seq_len

@@ -78,6 +78,17 @@ def test_sharding_divides_the_right_parts() -> None:
         memory_estimate(cfg, 2, 32, "bfloat16", "zero3", 4, False)
 
 
+def test_native_gqa_saves_the_repeated_kv_heads() -> None:
+    # Llama style, 4 query heads sharing 2 kv heads of 16 dims, RoPE, bf16 (a=2): with SDPA's
+    # enable_gqa the saved k is the rotated one (a*K*hd); repeated heads save 2*a*H*hd instead.
+    cfg = SMALL["llama-gqa"]
+    native = layer_activation_bytes(cfg, 32)["attention"]
+    repeated = layer_activation_bytes(cfg, 32, native_gqa=False)["attention"]
+    assert repeated - native == 2 * 2 * 4 * 16 - 2 * 2 * 16
+    assert layer_activation_bytes(cfg, 32, "float32")["attention"] == \
+        layer_activation_bytes(cfg, 32, "float32", native_gqa=False)["attention"]  # fp32: always repeated
+
+
 def test_activation_and_logit_bytes_hand_computed() -> None:
     # GPT-2 style, d=64, 4 heads, 2 layers, V=100, B=2, T=32, bf16 autocast (a=2), fp32 residual (r=4).
     cfg = ModelConfig(n_layer=2, n_head=4, n_embd=64, vocab_size=100, block_size=32)
