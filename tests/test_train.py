@@ -137,3 +137,17 @@ def test_distillation_pulls_student_toward_teacher(synth_data, tmp_path):
 def test_bad_teacher_spec(synth_data, tmp_path):
     with pytest.raises(BudgetLMError, match="--teacher 'kenlm:4'"):
         train(tiny_model(), cfg(tmp_path, teacher="kenlm:4"), synth_data, **QUIET)
+
+
+def test_mfu_logged_in_both_conventions(synth_data, tmp_path, monkeypatch):
+    # On a device with a known peak the metrics carry MFU with causal attention FLOPs and with the
+    # whole T x T square (nanoGPT's/TinyLlama's convention), which must be larger by 6*L*d*T/token.
+    from budgetlm.train import trainer
+    monkeypatch.setattr(trainer, "_device_peak", lambda device: 1e12)
+    info = train(tiny_model(), cfg(tmp_path, budget="3-steps"), synth_data, **QUIET)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"mfu"' in x]
+    assert rows and all(r["mfu_full_attn"] > r["mfu"] > 0 for r in rows)
+    m = tiny_model()
+    extra = 6 * m.n_layer * m.n_embd * 32
+    fpt = info.extra["flops_per_token"]
+    assert info.extra["mfu_full_attn"] / info.extra["mfu"] == pytest.approx((fpt + extra) / fpt)

@@ -189,6 +189,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     pending_losses: list[torch.Tensor] = []  # per-step losses not yet read back from the device
     metrics_f = open(out / "metrics.jsonl", "a") if ctx.is_main else None
     flops_per_token = model.flops_per_token(cfg.seq_len) if hasattr(model, "flops_per_token") else 6 * n_params
+    # nanoGPT's/TinyLlama's MFU counts attention over the whole T x T square; logged beside ours to compare
+    flops_full = getattr(model, "flops_per_token_full_attention", lambda _: flops_per_token)(cfg.seq_len)
 
     def write_metrics(rec: dict[str, Any]) -> None:
         if metrics_f is not None:
@@ -315,6 +317,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                        "flops_per_s": tok_rate * flops_per_token}
                 if peak:
                     rec["mfu"] = tok_rate * flops_per_token / peak
+                    rec["mfu_full_attn"] = tok_rate * flops_full / peak
                 if norm is not None:
                     rec["grad_norm"] = ctx.scalar(norm) if ctx.enabled else float(norm)
                 write_metrics(rec)
@@ -374,6 +377,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                   "compile": compiled, "accum": accum, "losses": losses, "world": ctx.world,
                   "parallel": ctx.parallel + ("+zero1" if ctx.zero_stage else ""),
                   "flops_per_token": flops_per_token, "mfu": (tok_rate * flops_per_token / peak) if peak else None,
+                  "mfu_full_attn": (tok_rate * flops_full / peak) if peak else None,
                   "model": to_dict(model_cfg), "train": to_dict(cfg),
                   "data": meta}
     if cfg.hellaswag_every:
