@@ -230,8 +230,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_speedrun(args: argparse.Namespace) -> None:
     from budgetlm.speedrun import speedrun
-    overrides = {**_picked(args, ("n_layer", "n_head", "n_embd", "seq_len", "batch_size", "lr", "compile",
-                                  "threads")), "progress": not args.no_progress}
+    overrides = {**_picked(args, ("n_layer", "n_head", "n_embd", "mlp", "norm", "pos", "seq_len", "batch_size", "lr",
+                                  "compile", "threads")), "progress": not args.no_progress}
     speedrun(args.budget, args.data, args.tokenizer, args.out, args.device or "auto", seed=args.seed,
              overrides=overrides, auto=args.auto_size, probe_seconds=args.probe_seconds)
 
@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, typ in (("--n-layer", int), ("--n-head", int), ("--n-embd", int), ("--seq-len", int),
                       ("--batch-size", int), ("--lr", float), ("--threads", int)):
         sp.add_argument(flag, type=typ)
+    sp.add_argument("--mlp", choices=["gelu", "swiglu"])
+    sp.add_argument("--norm", choices=["layernorm", "rmsnorm"])
+    sp.add_argument("--pos", choices=["learned", "rope"])
     sp.add_argument("--compile", choices=["auto", "on", "off"])
     sp.set_defaults(fn=cmd_speedrun)
 
