@@ -80,7 +80,8 @@ ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 def resolve_attention(name: str, device: torch.device) -> str | None:
     """The attention kernel to ask scaled_dot_product_attention for, or None for PyTorch's own
     order. `auto` picks cuDNN on Hopper: there its fused attention ran 1.3-1.5x faster than
-    FlashAttention-2 for our training shapes (benchmarks/RESULTS.md §2), and PyTorch ranks it last."""
+    FlashAttention-2 for our training shapes (1.04-1.06x per step; benchmarks/RESULTS.md §2), and
+    PyTorch ranks it last."""
     if name not in ATTENTION_BACKENDS:
         raise BudgetLMError(f"--attn: unknown {name!r} (use {', '.join(ATTENTION_BACKENDS)})")
     if name == "auto":
