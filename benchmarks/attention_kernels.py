@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import record  # noqa: E402
-from budgetlm.models.transformer import set_attention_kernel  # noqa: E402
+from budgetlm.models.transformer import sdpa_backend, set_attention_kernel  # noqa: E402
 
 SHAPES = {  # name: (batch, query heads, kv heads, seq, head dim)
     "gpt2-124m mb32": (32, 12, 12, 1024, 64),
@@ -40,9 +40,8 @@ def attend(q, k, v, gqa: str):
 
 def only(kernel: str):
     """Eager runs: restrict SDPA to one kernel (an unservable shape raises, and is reported)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    return sdpa_kernel([{"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-                         "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[kernel]])
+    from torch.nn.attention import sdpa_kernel
+    return sdpa_kernel([sdpa_backend(kernel)])
 
 
 def inputs(B, H, K, T, D, dtype, seed):

@@ -74,6 +74,13 @@ def gqa_mode(native: bool):
         NATIVE_GQA = before
 
 
+def sdpa_backend(kernel: str):
+    """The SDPBackend for a kernel name (flash, cudnn, efficient, math)."""
+    from torch.nn.attention import SDPBackend
+    return {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[kernel]
+
+
 def sdpa_restriction(kernel: str | None, q: torch.Tensor, gqa: bool):
     """Restrict scaled_dot_product_attention to one kernel inside the model's forward, where
     torch.compile sees it (a priority set around a compiled call does not reach the graph: the
@@ -81,15 +88,13 @@ def sdpa_restriction(kernel: str | None, q: torch.Tensor, gqa: bool):
     when the kernel can serve these inputs; otherwise PyTorch's own order decides."""
     if kernel is None:
         return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import sdpa_kernel
     half = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
     fits = {"math": True, "cudnn": half and q.size(-1) % 8 == 0 and q.size(-1) <= 128,
             "flash": half and q.size(-1) <= 256, "efficient": q.is_cuda and not gqa}[kernel]
     if not fits:
         return contextlib.nullcontext()
-    table = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-    return sdpa_kernel([table[kernel]])
+    return sdpa_kernel([sdpa_backend(kernel)])
 
 
 class KVCache:
