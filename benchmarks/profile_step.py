@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=32)
     ap.add_argument("--attn", default="auto")
     ap.add_argument("--fp8", default="off")
+    ap.add_argument("--half-residual", choices=["on", "off"], default="on")
     ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -53,6 +54,7 @@ def main() -> None:
     model = build_model(cfg).to(dev)
     enable_fp8(model, args.fp8)
     set_attention_kernel(model, resolve_attention(args.attn, dev))
+    model.half_residual = args.half_residual == "on"
     opt = make_optimizer(model, TrainConfig(), dev)
     run = torch.compile(model)
     x = torch.randint(0, cfg.vocab_size, (args.micro_batch, args.seq + 1), device=dev)
@@ -93,7 +95,7 @@ def main() -> None:
     for us, k in sorted(top, reverse=True)[:12]:
         print(f"    {us / 1000 / args.steps:>7.2f} ms  {group(k)[:10]:<10} {k[:100]}")
     record("profile-step", rows, model=args.model, seq=args.seq, micro_batch=args.micro_batch, attn=args.attn,
-           fp8=args.fp8, device=torch.cuda.get_device_name(), torch_version=torch.__version__,
+           fp8=args.fp8, half_residual=args.half_residual, device=torch.cuda.get_device_name(), torch_version=torch.__version__,
            kernel_ms_per_step=ms, top_kernels=[(round(us / 1000 / args.steps, 3), k[:120])
                                                for us, k in sorted(top, reverse=True)[:20]])
 

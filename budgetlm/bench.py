@@ -35,6 +35,7 @@ ABLATION = {
     "attention: FlashAttention-2": {"attn": "flash"},
     "attention: math kernel": {"attn": "math"},
     "GQA: repeated kv heads": {"native_gqa": False},  # only for models with grouped-query attention
+    "fp32 residual stream": {"half_residual": False},
     "AdamW foreach (not fused)": {"fused_adam": False},
     "fp32 (no bf16 autocast)": {"dtype": "float32", "compile": False},
     "+ fp8 tensorwise": {"fp8": "tensorwise"},  # opt-in pieces: added to the fast path, not taken away
@@ -42,18 +43,21 @@ ABLATION = {
 }
 
 
-def ablation_settings(model_name: str, attn: str = "auto", fp8: str = "off") -> dict[str, dict]:
+def ablation_settings(model_name: str, attn: str = "auto", fp8: str = "off",
+                      half_residual: bool = True) -> dict[str, dict]:
     """ABLATION without the rows that would change nothing for this model or this fast path."""
     shape = model_config(model_name)
     return {k: v for k, v in ABLATION.items()
             if (shape.kv_heads != shape.n_head or "native_gqa" not in v)
-            and ("fp8" not in v or fp8 == "off") and v.get("attn", "-") != attn}
+            and ("fp8" not in v or fp8 == "off") and v.get("attn", "-") != attn
+            and (half_residual or "half_residual" not in v)}
 
 
 def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warmup: int = 5,
               compile: bool = True, fused_loss: bool = True, vocab_multiple: int | None = None, attn: str = "auto",
               fused_adam: bool = True, dtype: str = "bfloat16", recompute: int = 0, device: str = "auto",
               accum: int = 1, compile_mode: str = "default", fp8: str = "off", native_gqa: bool = True,
+              half_residual: bool = True,
               **model_overrides) -> dict:
     """ms/step, tokens/s, MFU and peak memory of `steps` timed AdamW steps on random tokens; each
     step is `accum` micro-batches (the optimizer step is amortized over them, as in real training)."""
@@ -67,6 +71,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     fp8_layers = enable_fp8(model, fp8)
     set_attention_kernel(model, resolve_attention(attn, dev))
     model.fused_loss = fused_loss
+    model.half_residual = half_residual
     model.set_recompute(recompute)
     opt = make_optimizer(model, TrainConfig(), dev)
     if dev.type == "cuda" and not fused_adam:
@@ -121,7 +126,8 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
             "warmup_s": warmup_s, "device": name, "compile": compile, "fused_loss": fused_loss,
             "vocab_multiple": cfg.vocab_multiple, "attn": attn, "fused_adam": fused_adam, "dtype": dtype,
             "recompute": recompute, "steps": steps, "accum": accum, "compile_mode": compile_mode if compile else None,
-            "fp8": fp8, "fp8_layers": len(fp8_layers), "native_gqa": native_gqa}
+            "fp8": fp8, "fp8_layers": len(fp8_layers), "native_gqa": native_gqa,
+            "half_residual": half_residual}
 
 
 def max_micro_batch(start: int = 1, limit: int = 1024, **kw) -> tuple[int, dict | None]:
@@ -197,7 +203,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     base = dict(model_name=args.model, seq=args.seq, steps=args.steps, warmup=args.warmup,
                 compile=args.compile == "on", fused_loss=args.fused_loss == "on", attn=args.attn,
                 fused_adam=args.fused_adam == "on", dtype=args.dtype, recompute=args.recompute, fp8=args.fp8,
-                native_gqa=args.gqa == "native",
+                native_gqa=args.gqa == "native", half_residual=args.half_residual == "on",
                 device=args.device or "auto", accum=args.accum, compile_mode=args.compile_mode)
     if args.vocab_multiple is not None:
         base["vocab_multiple"] = args.vocab_multiple
@@ -210,7 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             row.update(setting="largest micro-batch", largest_micro_batch=mb)
             record([row], "bench-max-micro-batch", Path(args.results))
         return
-    settings = ablation_settings(args.model, args.attn, args.fp8) if args.ablation else {"as given": {}}
+    settings = ablation_settings(args.model, args.attn, args.fp8, args.half_residual == "on") if args.ablation else {"as given": {}}
     rows = []
     for mb in args.micro_batch:
         for name, change in settings.items():
@@ -255,6 +261,8 @@ def register(sub) -> None:
     p.add_argument("--fp8", choices=list(FP8_RECIPES), default="off", help="FP8 matmuls through torchao")
     p.add_argument("--gqa", choices=["native", "repeat"], default="native",
                    help="grouped-query attention: SDPA's enable_gqa, or kv heads repeated before it")
+    p.add_argument("--half-residual", choices=["on", "off"], default="on",
+                   help="residual stream in bf16 under autocast (the trainer's CUDA default); off: fp32")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--recompute", type=int, choices=[0, 1, 2], default=0)
     p.add_argument("--device")

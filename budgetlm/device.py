@@ -77,6 +77,17 @@ def synchronize(device: torch.device) -> None:
 ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
 
+def resolve_half_residual(setting: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the residual stream runs in the autocast dtype (bf16/fp16) instead of fp32.
+    `auto`: on for CUDA half-precision training, where the fp32 stream doubled the bytes every
+    norm and residual add moves (benchmarks/RESULTS.md §2); off on CPU/MPS and in fp32."""
+    if setting not in ("auto", "on", "off"):
+        raise BudgetLMError(f"--half-residual: unknown {setting!r} (use auto, on, off)")
+    if setting == "auto":
+        return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    return setting == "on"
+
+
 def resolve_attention(name: str, device: torch.device) -> str | None:
     """The attention kernel to ask scaled_dot_product_attention for, or None for PyTorch's own
     order. `auto` picks cuDNN on Hopper: there its fused attention ran 1.3-1.5x faster than

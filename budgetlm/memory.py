@@ -91,18 +91,20 @@ def _level(recompute: bool | int) -> int:
     return level
 
 
-def _act_bytes(dtype: str) -> tuple[int, int]:
-    """(a, r): bytes of a matmul activation and of the residual stream. AMP: bf16 matmuls, fp32
-    residual (the embeddings are fp32 parameters, and bf16 + fp32 adds to fp32)."""
+def _act_bytes(dtype: str, half_residual: bool | None = None) -> tuple[int, int]:
+    """(a, r): bytes of a matmul activation and of the residual stream. AMP: bf16 matmuls; the
+    residual in bf16 as the trainer runs it on CUDA (`half_residual`, None = that default), else
+    fp32 (the embeddings are fp32 parameters, and bf16 + fp32 adds to fp32)."""
     if dtype in ("bfloat16", "bf16"):
-        return 2, 4
+        return 2, (4 if half_residual is False else 2)
     if dtype in ("float32", "fp32"):
         return 4, 4
     raise BudgetLMError(f"--dtype: unknown {dtype!r} (use bfloat16 or float32)")
 
 
 def layer_activation_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "bfloat16",
-                           attention: str = "flash", native_gqa: bool | None = None) -> dict[str, float]:
+                           attention: str = "flash", native_gqa: bool | None = None,
+                           half_residual: bool | None = None) -> dict[str, float]:
     """Bytes autograd saves per token in one block, by source. Follows transformer.Block:
 
     attention: norm1 input (r*d) + its output cast for qkv (a*d) + qkv output (q, k, v views
@@ -112,7 +114,7 @@ def layer_activation_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "bfloat1
     T x T scores; `math` attention adds scores and probabilities, 2*a*n_head*T per token.
     mlp: norm2 input (r*d) + cast (a*d) + up output + activation output (+ gate product for swiglu).
     """
-    a, r = _act_bytes(dtype)
+    a, r = _act_bytes(dtype, half_residual)
     d, H, K, hd, h = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.hidden
     rope, gqa = cfg.pos == "rope", K != H
     if native_gqa is None:
@@ -133,8 +135,9 @@ def layer_activation_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "bfloat1
 
 def loss_head_bytes(cfg: ModelConfig, tokens: int, dtype: str = "bfloat16", fused_loss: bool = False,
                     chunk_rows: int = 4096) -> float:
-    """Peak bytes of the LM head + cross-entropy for `tokens` rows (see the module docstring)."""
-    a, r = _act_bytes(dtype)
+    """Peak bytes of the LM head + cross-entropy for `tokens` rows (see the module docstring).
+    The final norm's output is fp32 whatever the residual's dtype, hence r = 4 here."""
+    a, r = _act_bytes(dtype, half_residual=False)
     V, Vp, d = cfg.vocab_size, cfg.padded_vocab, cfg.n_embd
     if not fused_loss:
         return tokens * (a * Vp + 12.0 * V)
@@ -148,10 +151,11 @@ def loss_head_bytes(cfg: ModelConfig, tokens: int, dtype: str = "bfloat16", fuse
 def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str = "bfloat16",
                     sharding: str = "none", n_gpus: int = 1, recompute: bool | int = False,
                     attention: str = "flash", fused_loss: bool = False,
-                    overhead: float = OVERHEAD_BYTES) -> dict[str, float]:
+                    overhead: float = OVERHEAD_BYTES, half_residual: bool | None = None) -> dict[str, float]:
     """Peak bytes per GPU for one training step, by part (see the module docstring).
 
     recompute: False/0 off, 1 MLPs, True/2 whole blocks (TrainConfig.recompute).
+    half_residual: residual stream in bf16 (None: yes under bf16, the trainer's CUDA default).
     overhead: fixed bytes beside the tensors (CUDA context etc.; 0 for a CPU).
     Keys: weights, grads, optimizer, weight_copies, activations, logits, overhead,
     allocated (all but overhead: comparable to torch.cuda.max_memory_allocated) and total.
@@ -162,7 +166,7 @@ def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str
         raise BudgetLMError(f"--gpus/micro-batch/--seq-len must be positive (got {n_gpus}, {micro_batch}, {seq_len})")
     level = _level(recompute)
     s = _stats(cfg)
-    a, r = _act_bytes(dtype)
+    a, r = _act_bytes(dtype, half_residual)
     P = s["params"]
     n_w = n_gpus if sharding == "fsdp" else 1
     n_o = n_gpus if sharding in ("zero1", "fsdp") else 1
@@ -172,7 +176,7 @@ def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str
         copies = 2 * s["layer"] * (4 + (2 if a == 2 else 0))
     out["weight_copies"] = copies
     tokens = micro_batch * seq_len
-    per = layer_activation_bytes(cfg, seq_len, dtype, attention)
+    per = layer_activation_bytes(cfg, seq_len, dtype, attention, half_residual=half_residual)
     head = r * cfg.n_embd + r * cfg.n_embd + a * cfg.n_embd  # embedding output, norm_f input + cast
     kept = {0: per["total"], 1: per["attention"] + r * cfg.n_embd, 2: r * cfg.n_embd}[level]
     redo = {0: 0.0, 1: per["mlp"], 2: per["total"]}[level]  # one layer rebuilt during its backward
@@ -202,7 +206,8 @@ def pick_micro_batch(cfg: ModelConfig, seq_len: int, mem_bytes: float, dtype: st
 
 def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch.device, steps: int | None,
                  seconds: float | None, dtype: torch.dtype, compile: bool = False, accum: int = 1,
-                 fused_loss: bool = False, recompute: int = 0, warmup: int = 1) -> dict[str, Any]:
+                 fused_loss: bool = False, recompute: int = 0, warmup: int = 1,
+                 half_residual: bool | None = None) -> dict[str, Any]:
     """Real AdamW steps on random tokens, as the trainer takes them (fp32 params, autocast,
     logits held through the backward, `accum` micro-batches, clip, step, zero_grad(set_to_none)).
     The first `warmup` steps (optimizer state, kernel selection, compile) are not timed."""
@@ -214,6 +219,8 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
     if hasattr(model, "set_recompute"):  # the trainer's switches, set the way it sets them
         model.set_recompute(_level(recompute))
         model.fused_loss = fused_loss
+        model.half_residual = (device.type == "cuda" and dtype != torch.float32) if half_residual is None \
+            else half_residual
     run = torch.compile(model) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             **({"fused": True} if device.type == "cuda" else {"foreach": True}))

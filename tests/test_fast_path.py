@@ -1,5 +1,6 @@
 """The fast path's switches: attention-kernel preference, native grouped-query attention, FP8
-matmuls (emulated on CPU), the full-attention FLOP convention and the bench's ablation rows."""
+matmuls (emulated on CPU), the bf16 residual stream, RoPE on the unpermuted layout, the
+full-attention FLOP convention and the bench's ablation rows."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import torch
 
 from budgetlm.bench import ablation_settings
 from budgetlm.config import model_config
-from budgetlm.device import resolve_attention
+from budgetlm.device import resolve_attention, resolve_half_residual
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.models import transformer
-from budgetlm.models.transformer import gqa_mode, set_attention_kernel
+from budgetlm.models.transformer import apply_rope, gqa_mode, rope_tables, set_attention_kernel
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
@@ -101,6 +102,8 @@ def test_ablation_rows_fit_the_model():
     assert "+ fp8 tensorwise" in gpt2 and "+ fp8 tensorwise" not in ablation_settings("gpt2-124m", fp8="rowwise")
     assert "attention: FlashAttention-2" not in ablation_settings("gpt2-124m", attn="flash")
     assert all(v != {} for k, v in gpt2.items() if k != "fast (as given)")
+    assert "fp32 residual stream" in gpt2 and "fp32 residual stream" not in ablation_settings(
+        "gpt2-124m", half_residual=False)
 
 
 def test_fp8_needs_a_gpu_with_fp8_cores():
@@ -143,3 +146,63 @@ def test_fp8_can_leave_the_head_alone():
     model = build_model(tiny(n_embd=128))
     swapped = enable_fp8(model, "tensorwise", include_head=False, emulate=True)
     assert "lm_head" not in swapped and type(model.lm_head) is torch.nn.Linear
+
+
+def test_half_residual_setting():
+    cpu = torch.device("cpu")
+    assert resolve_half_residual("auto", cpu, torch.bfloat16) is False  # CPU keeps the fp32 stream
+    assert resolve_half_residual("on", cpu, torch.bfloat16) is True
+    assert resolve_half_residual("off", cpu, torch.bfloat16) is False
+    with pytest.raises(BudgetLMError, match="--half-residual"):
+        resolve_half_residual("bf16", cpu, torch.bfloat16)
+
+
+@pytest.mark.parametrize("arch", [dict(), dict(n_kv_head=2, pos="rope", norm="rmsnorm", mlp="swiglu")])
+def test_half_residual_keeps_the_stream_in_bf16_and_the_function(arch):
+    torch.manual_seed(0)
+    model = build_model(tiny(n_embd=128, **arch))
+    x = torch.randint(0, 300, (4, 33))
+    seen = []
+    hook = model.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append((inp[0].dtype, out.dtype)))
+    results = []
+    for half in (False, True):
+        model.half_residual = half
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        results.append((loss.item(), model.blocks[0].mlp.up.weight.grad.clone()))
+    hook.remove()
+    assert seen == [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)]
+    (a, ga), (b, gb) = results
+    assert abs(a - b) < 1e-2 * a  # bf16 rounding of the stream, not a different function
+    assert torch.nn.functional.cosine_similarity(ga.flatten(), gb.flatten(), dim=0) > 0.99
+    model.half_residual = True  # no autocast: nothing to be half of, the stream stays fp32
+    _, loss = model(x[:, :-1], x[:, 1:])
+    assert loss.dtype == torch.float32 and abs(loss.item() - a) < 2e-2 * a
+
+
+def test_rope_on_the_token_major_layout_is_the_head_major_rotation():
+    # The model rotates (B, T, H, hd) before transposing; the same numbers as rotating each head's
+    # (T, hd) plane, written out for one head with complex multiplication (rotate-half pairing).
+    torch.manual_seed(0)
+    B, T, H, hd = 2, 7, 3, 8
+    cos, sin = rope_tables(hd, T, 10000.0)
+    x = torch.randn(B, T, H, hd, dtype=torch.float64)
+    out = apply_rope(x, cos.double(), sin.double())
+    pairs = torch.complex(x[..., : hd // 2], x[..., hd // 2:])  # (B, T, H, hd/2)
+    rot = pairs * torch.polar(torch.ones_like(cos.double()), torch.atan2(sin.double(), cos.double()))[None, :, None]
+    assert torch.allclose(out, torch.cat((rot.real, rot.imag), dim=-1), atol=1e-12)
+
+
+@CUDA
+def test_half_residual_matches_fp32_stream_on_cuda():
+    torch.manual_seed(0)
+    model = build_model(tiny(n_head=8, n_kv_head=2, n_embd=256, pos="rope", norm="rmsnorm", mlp="swiglu")).cuda()
+    x = torch.randint(0, 300, (4, 33), device="cuda")
+    losses = []
+    for half in (False, True):
+        model.half_residual = half
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            losses.append(model(x[:, :-1], x[:, 1:])[1].item())
+    assert abs(losses[0] - losses[1]) < 1e-2 * losses[0]

@@ -26,7 +26,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+        # Statistics in fp32 whatever the stream's dtype (autocast has no rule for rms_norm on
+        # every device); the result comes back in the stream's dtype.
+        return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).to(x.dtype)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -42,9 +44,12 @@ def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (first half, second half) as Llama/HF do; x is (B, H, T, hd)."""
+    """Rotate channel pairs (first half, second half) as Llama/HF do; x is (B, T, H, hd), the
+    layout the qkv matmul writes: rotating before the heads are transposed keeps this and its
+    backward on contiguous memory (in the (B, H, T, hd) layout the compiled backward kernel
+    took 10 ms of a TinyLlama micro-step, benchmarks/RESULTS.md §2)."""
     x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    cos, sin = cos.to(x.dtype)[:, None, :], sin.to(x.dtype)[:, None, :]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
@@ -123,11 +128,10 @@ class Attention(nn.Module):
         B, T, C = x.shape
         cfg, hd = self.cfg, self.cfg.head_dim
         q, k, v = self.qkv(x).split([cfg.n_head * hd, cfg.kv_heads * hd, cfg.kv_heads * hd], dim=-1)
-        q = q.view(B, T, cfg.n_head, hd).transpose(1, 2)
-        k = k.view(B, T, cfg.kv_heads, hd).transpose(1, 2)
-        v = v.view(B, T, cfg.kv_heads, hd).transpose(1, 2)
+        q, k, v = q.view(B, T, cfg.n_head, hd), k.view(B, T, cfg.kv_heads, hd), v.view(B, T, cfg.kv_heads, hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd) views for SDPA
         causal = self.causal
         if cache is not None:
             start = cache.pos
@@ -226,6 +230,7 @@ class GPT(nn.Module):
         self.norm_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False)
         self.fused_loss = False  # chunked head + cross-entropy (models/fused_ce.py); set by the trainer
+        self.half_residual = False  # keep the residual stream in the autocast dtype; set by the trainer
         self.recompute = 0  # 0: keep all activations; 1: recompute MLPs; 2: recompute whole blocks
         finish_stack(self, cfg)
 
@@ -267,6 +272,11 @@ class GPT(nn.Module):
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        if self.half_residual and torch.is_autocast_enabled(x.device.type):
+            # Megatron/llm.c style: the residual stream in bf16, norms still computed in fp32.
+            # Under plain autocast it stays fp32 (embedding + bf16 branch outputs promote), which
+            # doubles the bytes every norm and residual add moves and the activations kept.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         x = self.drop(x)
         whole = self.recompute == 2 and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):

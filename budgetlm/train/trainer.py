@@ -20,7 +20,7 @@ from budgetlm.config import ModelConfig, RunInfo, TrainConfig, to_dict
 from budgetlm.data.loader import BatchLoader
 from budgetlm.data.prepare import data_tokenizer, load_meta
 from budgetlm.data.shards import load_pattern, load_split
-from budgetlm.device import autocast_ctx, resolve_attention, pick_device, pick_dtype, set_threads, should_compile, synchronize
+from budgetlm.device import autocast_ctx, resolve_attention, resolve_half_residual, pick_device, pick_dtype, set_threads, should_compile, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.eval.perplexity import evaluate
 from budgetlm.models import build_model
@@ -183,6 +183,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     run_model = torch.compile(ddp_model) if compiled else ddp_model
     autocast = autocast_ctx(device, dtype)
     set_attention_kernel(model, resolve_attention(cfg.attn, device))
+    if hasattr(model, "half_residual"):
+        model.half_residual = resolve_half_residual(cfg.half_residual, device, dtype)
     token_bytes = tokenizer.token_bytes()
     final_eval_tokens = cfg.final_eval_tokens or val_tokens.size
     ckpt_root = out / "checkpoints"
