@@ -77,6 +77,26 @@ def synchronize(device: torch.device) -> None:
 ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
 
+# Below this size a training step is launch-bound on a GPU: CUDA graphs measured 2.4x (0.9M
+# params) and 2.8x (7M) tokens/s on an H100 (benchmarks/RESULTS.md §2); larger sizes not measured.
+CUDA_GRAPHS_MAX_PARAMS = 20_000_000
+
+
+def resolve_cuda_graphs(setting: str, device: torch.device, compiled: bool, n_params: int,
+                        distributed: bool) -> bool:
+    """Whether to compile with CUDA graphs (torch.compile mode "reduce-overhead"): the step's
+    kernels replay as one launch. `auto`: on for small models trained compiled on one CUDA GPU."""
+    if setting not in ("auto", "on", "off"):
+        raise BudgetLMError(f"--cuda-graphs: unknown {setting!r} (use auto, on, off)")
+    if setting == "on" and not (device.type == "cuda" and compiled):
+        raise BudgetLMError("--cuda-graphs on needs a CUDA device and compilation (--compile auto/on)")
+    if setting == "on" and distributed:
+        raise BudgetLMError("--cuda-graphs on is not supported with DDP/FSDP (one process only)")
+    if setting == "auto":
+        return device.type == "cuda" and compiled and not distributed and n_params < CUDA_GRAPHS_MAX_PARAMS
+    return setting == "on"
+
+
 def resolve_half_residual(setting: str, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the residual stream runs in the autocast dtype (bf16/fp16) instead of fp32.
     `auto`: on for CUDA half-precision training, where the fp32 stream doubled the bytes every

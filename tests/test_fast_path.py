@@ -206,3 +206,20 @@ def test_half_residual_matches_fp32_stream_on_cuda():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             losses.append(model(x[:, :-1], x[:, 1:])[1].item())
     assert abs(losses[0] - losses[1]) < 1e-2 * losses[0]
+
+
+def test_cuda_graphs_setting():
+    from budgetlm.device import resolve_cuda_graphs
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_cuda_graphs("auto", gpu, True, 2_000_000, False) is True  # small, compiled, one GPU
+    assert resolve_cuda_graphs("auto", gpu, True, 124_000_000, False) is False  # step not launch-bound
+    assert resolve_cuda_graphs("auto", gpu, True, 2_000_000, True) is False  # DDP/FSDP: not graphed
+    assert resolve_cuda_graphs("auto", gpu, False, 2_000_000, False) is False  # graphs come with compile
+    assert resolve_cuda_graphs("auto", cpu, True, 2_000_000, False) is False
+    assert resolve_cuda_graphs("off", gpu, True, 2_000_000, False) is False
+    with pytest.raises(BudgetLMError, match="--cuda-graphs on needs a CUDA device"):
+        resolve_cuda_graphs("on", cpu, True, 2_000_000, False)
+    with pytest.raises(BudgetLMError, match="not supported with DDP/FSDP"):
+        resolve_cuda_graphs("on", gpu, True, 2_000_000, True)
+    with pytest.raises(BudgetLMError, match="--cuda-graphs: unknown"):
+        resolve_cuda_graphs("yes", gpu, True, 2_000_000, False)

@@ -20,7 +20,7 @@ from budgetlm.config import ModelConfig, RunInfo, TrainConfig, to_dict
 from budgetlm.data.loader import BatchLoader
 from budgetlm.data.prepare import data_tokenizer, load_meta
 from budgetlm.data.shards import load_pattern, load_split
-from budgetlm.device import autocast_ctx, resolve_attention, resolve_half_residual, pick_device, pick_dtype, set_threads, should_compile, synchronize
+from budgetlm.device import autocast_ctx, resolve_attention, resolve_cuda_graphs, resolve_half_residual, pick_device, pick_dtype, set_threads, should_compile, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.eval.perplexity import evaluate
 from budgetlm.models import build_model
@@ -180,7 +180,9 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     n_params = model.num_params() if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
     peak = _device_peak(device)
     compiled = should_compile(cfg.compile, device)
-    run_model = torch.compile(ddp_model) if compiled else ddp_model
+    graphs = resolve_cuda_graphs(cfg.cuda_graphs, device, compiled, n_params, ctx.enabled)
+    run_model = (torch.compile(ddp_model, mode="reduce-overhead") if graphs else torch.compile(ddp_model)) \
+        if compiled else ddp_model
     autocast = autocast_ctx(device, dtype)
     set_attention_kernel(model, resolve_attention(cfg.attn, device))
     if hasattr(model, "half_residual"):
@@ -241,7 +243,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
 
     log(f"model: {n_params:,} params ({model_cfg.n_layer} layers, {model_cfg.n_embd} wide, {model_cfg.n_head} heads, "
         f"vocab {model_cfg.vocab_size}) | device {device.type} {str(dtype).replace('torch.', '')} | threads {threads} "
-        f"| compile {'on' if compiled else 'off'}{f' | fp8 {cfg.fp8} ({len(fp8_layers)} Linears)' if fp8_layers else ''} | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
+        f"| compile {('on, CUDA graphs' if graphs else 'on') if compiled else 'off'}{f' | fp8 {cfg.fp8} ({len(fp8_layers)} Linears)' if fp8_layers else ''} | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
         f"{f'x{ctx.world} ranks ({ctx.parallel}' + (', zero1)' if ctx.zero_stage else ')') if ctx.enabled else ''} "
         f"| budget {budget} | data {meta['train_tokens']:,} train tokens")
 
@@ -277,6 +279,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                 if device.type == "cuda":  # pinned host memory makes the copy truly asynchronous
                     x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if graphs:  # a new replay: outputs of the last one (read below, never kept) may be reused
+                    torch.compiler.cudagraph_mark_step_begin()
                 with ctx.micro_step(last=micro == accum - 1):  # gradients sync on the last micro-step only
                     with autocast:
                         logits, loss = run_model(x, y)
