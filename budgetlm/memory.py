@@ -207,7 +207,7 @@ def pick_micro_batch(cfg: ModelConfig, seq_len: int, mem_bytes: float, dtype: st
 def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch.device, steps: int | None,
                  seconds: float | None, dtype: torch.dtype, compile: bool = False, accum: int = 1,
                  fused_loss: bool = False, recompute: int = 0, warmup: int = 1,
-                 half_residual: bool | None = None) -> dict[str, Any]:
+                 half_residual: bool | None = None, cuda_graphs: bool = False) -> dict[str, Any]:
     """Real AdamW steps on random tokens, as the trainer takes them (fp32 params, autocast,
     logits held through the backward, `accum` micro-batches, clip, step, zero_grad(set_to_none)).
     The first `warmup` steps (optimizer state, kernel selection, compile) are not timed."""
@@ -221,7 +221,7 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
         model.fused_loss = fused_loss
         model.half_residual = (device.type == "cuda" and dtype != torch.float32) if half_residual is None \
             else half_residual
-    run = torch.compile(model) if compile else model
+    run = (torch.compile(model, mode="reduce-overhead") if cuda_graphs else torch.compile(model)) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
@@ -235,6 +235,8 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
     def step() -> float:
         t = time.perf_counter()
         for _ in range(accum):
+            if cuda_graphs:  # a new replay, as in the trainer
+                torch.compiler.cudagraph_mark_step_begin()
             with ctx:
                 logits, loss = run(x, y)
             (loss / accum).backward()
@@ -263,14 +265,15 @@ def measure_throughput(cfg: ModelConfig, micro_batch: int, seq_len: int, seconds
     warm-up steps), so --measure can put a measured number beside the estimate. compile="auto"
     does what the trainer does (compiled on CUDA): the compile time is spent in the warm-up and
     reported as first_step_s, and the timed steps run the code training will run."""
-    from budgetlm.device import should_compile
+    from budgetlm.device import resolve_cuda_graphs, should_compile
     from budgetlm.hardware import local_device
     dev = device or local_device()[0]
     dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     compiled = should_compile(compile, dev)
+    graphs = resolve_cuda_graphs("auto", dev, compiled, count_params(cfg), distributed=False)
     res = _train_steps(cfg, micro_batch, seq_len, dev, None, seconds, dtype, compiled,
-                       warmup=3 if compiled else 1)
-    res["compile"] = compiled
+                       warmup=3 if compiled else 1, cuda_graphs=graphs)
+    res["compile"], res["cuda_graphs"] = compiled, graphs
     return res
 
 
