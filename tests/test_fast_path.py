@@ -223,3 +223,22 @@ def test_cuda_graphs_setting():
         resolve_cuda_graphs("on", gpu, True, 2_000_000, True)
     with pytest.raises(BudgetLMError, match="--cuda-graphs: unknown"):
         resolve_cuda_graphs("yes", gpu, True, 2_000_000, False)
+
+
+def test_padded_cross_entropy_is_the_sliced_loss():
+    from budgetlm.models.transformer import padded_cross_entropy
+    torch.manual_seed(0)
+    V, Vp = 300, 320  # 20 padding columns
+    logits = torch.randn(2, 5, Vp, dtype=torch.float64) * 3
+    targets = torch.randint(0, V, (2, 5))
+    targets[0, 1] = -1  # ignored position
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    la = padded_cross_entropy(a, targets, V)
+    lb = torch.nn.functional.cross_entropy(b[..., :V].reshape(-1, V), targets.reshape(-1), ignore_index=-1)
+    la.backward()
+    lb.backward()
+    assert la.dtype == torch.float32 and abs(la.item() - lb.item()) < 1e-6  # fp32 inside, like the model's loss
+    assert torch.allclose(a.grad, b.grad, atol=1e-6) and a.grad[..., V:].abs().max() == 0
+    unpadded = logits[..., :V].clone()
+    assert abs(padded_cross_entropy(unpadded, targets, V).item() - lb.item()) < 1e-6
