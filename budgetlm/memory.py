@@ -91,20 +91,23 @@ def _level(recompute: bool | int) -> int:
     return level
 
 
-def _act_bytes(dtype: str, half_residual: bool | None = None) -> tuple[int, int]:
-    """(a, r): bytes of a matmul activation and of the residual stream. AMP: bf16 matmuls; the
-    residual in bf16 as the trainer runs it on CUDA (`half_residual`, None = that default), else
-    fp32 (the embeddings are fp32 parameters, and bf16 + fp32 adds to fp32)."""
+def _act_bytes(dtype: str) -> tuple[int, int]:
+    """(a, r): bytes of a matmul activation and of a norm's saved input. AMP: bf16 matmuls, fp32
+    norm inputs: with the fp32 residual stream (the embeddings are fp32 parameters, and bf16 +
+    fp32 adds to fp32), and also with the bf16 stream the trainer runs on CUDA, because eager
+    autograd then saves the norm's fp32 upcast instead (RMSNorm upcasts itself, CUDA autocast
+    runs LayerNorm in fp32). Only torch.compile keeps the bf16 tensor and redoes the cast
+    (5 GB less at TinyLlama 14x2048, benchmarks/RESULTS.md §2); compiled runs are below this
+    eager-mode model anyway."""
     if dtype in ("bfloat16", "bf16"):
-        return 2, (4 if half_residual is False else 2)
+        return 2, 4
     if dtype in ("float32", "fp32"):
         return 4, 4
     raise BudgetLMError(f"--dtype: unknown {dtype!r} (use bfloat16 or float32)")
 
 
 def layer_activation_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "bfloat16",
-                           attention: str = "flash", native_gqa: bool | None = None,
-                           half_residual: bool | None = None) -> dict[str, float]:
+                           attention: str = "flash", native_gqa: bool | None = None) -> dict[str, float]:
     """Bytes autograd saves per token in one block, by source. Follows transformer.Block:
 
     attention: norm1 input (r*d) + its output cast for qkv (a*d) + qkv output (q, k, v views
@@ -114,7 +117,7 @@ def layer_activation_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "bfloat1
     T x T scores; `math` attention adds scores and probabilities, 2*a*n_head*T per token.
     mlp: norm2 input (r*d) + cast (a*d) + up output + activation output (+ gate product for swiglu).
     """
-    a, r = _act_bytes(dtype, half_residual)
+    a, r = _act_bytes(dtype)
     d, H, K, hd, h = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.hidden
     rope, gqa = cfg.pos == "rope", K != H
     if native_gqa is None:
@@ -135,9 +138,8 @@ def layer_activation_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "bfloat1
 
 def loss_head_bytes(cfg: ModelConfig, tokens: int, dtype: str = "bfloat16", fused_loss: bool = False,
                     chunk_rows: int = 4096) -> float:
-    """Peak bytes of the LM head + cross-entropy for `tokens` rows (see the module docstring).
-    The final norm's output is fp32 whatever the residual's dtype, hence r = 4 here."""
-    a, r = _act_bytes(dtype, half_residual=False)
+    """Peak bytes of the LM head + cross-entropy for `tokens` rows (see the module docstring)."""
+    a, r = _act_bytes(dtype)
     V, Vp, d = cfg.vocab_size, cfg.padded_vocab, cfg.n_embd
     if not fused_loss:
         return tokens * (a * Vp + 12.0 * V)
@@ -151,11 +153,10 @@ def loss_head_bytes(cfg: ModelConfig, tokens: int, dtype: str = "bfloat16", fuse
 def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str = "bfloat16",
                     sharding: str = "none", n_gpus: int = 1, recompute: bool | int = False,
                     attention: str = "flash", fused_loss: bool = False,
-                    overhead: float = OVERHEAD_BYTES, half_residual: bool | None = None) -> dict[str, float]:
+                    overhead: float = OVERHEAD_BYTES) -> dict[str, float]:
     """Peak bytes per GPU for one training step, by part (see the module docstring).
 
     recompute: False/0 off, 1 MLPs, True/2 whole blocks (TrainConfig.recompute).
-    half_residual: residual stream in bf16 (None: yes under bf16, the trainer's CUDA default).
     overhead: fixed bytes beside the tensors (CUDA context etc.; 0 for a CPU).
     Keys: weights, grads, optimizer, weight_copies, activations, logits, overhead,
     allocated (all but overhead: comparable to torch.cuda.max_memory_allocated) and total.
@@ -166,7 +167,7 @@ def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str
         raise BudgetLMError(f"--gpus/micro-batch/--seq-len must be positive (got {n_gpus}, {micro_batch}, {seq_len})")
     level = _level(recompute)
     s = _stats(cfg)
-    a, r = _act_bytes(dtype, half_residual)
+    a, r = _act_bytes(dtype)
     P = s["params"]
     n_w = n_gpus if sharding == "fsdp" else 1
     n_o = n_gpus if sharding in ("zero1", "fsdp") else 1
@@ -176,7 +177,7 @@ def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str
         copies = 2 * s["layer"] * (4 + (2 if a == 2 else 0))
     out["weight_copies"] = copies
     tokens = micro_batch * seq_len
-    per = layer_activation_bytes(cfg, seq_len, dtype, attention, half_residual=half_residual)
+    per = layer_activation_bytes(cfg, seq_len, dtype, attention)
     head = r * cfg.n_embd + r * cfg.n_embd + a * cfg.n_embd  # embedding output, norm_f input + cast
     kept = {0: per["total"], 1: per["attention"] + r * cfg.n_embd, 2: r * cfg.n_embd}[level]
     redo = {0: 0.0, 1: per["mlp"], 2: per["total"]}[level]  # one layer rebuilt during its backward

@@ -97,16 +97,13 @@ def test_activation_and_logit_bytes_hand_computed() -> None:
     attn = 4 * d + 2 * d + 6 * d + 8 + 2 * d + 16 + 2 * d
     # mlp: norm2 in 4d + cast 2d + 8 + up out 2*4d + gelu out 2*4d
     mlp = 4 * d + 2 * d + 8 + 8 * d + 8 * d
-    assert layer_activation_bytes(cfg, 32, half_residual=False) == {"attention": attn, "mlp": mlp, "total": attn + mlp} \
+    assert layer_activation_bytes(cfg, 32) == {"attention": attn, "mlp": mlp, "total": attn + mlp} \
         == {"attention": 1048, "mlp": 1416, "total": 2464}
-    # The CUDA default keeps the residual in bf16: both norm inputs shrink from 4d to 2d bytes.
-    half = layer_activation_bytes(cfg, 32)
-    assert (half["attention"], half["mlp"]) == (attn - 2 * d, mlp - 2 * d)
     head = 4 * d + 4 * d + 2 * d
-    m = memory_estimate(cfg, 2, 32, "bfloat16", "none", 1, False, half_residual=False)
+    m = memory_estimate(cfg, 2, 32, "bfloat16", "none", 1, False)
     assert m["activations"] == 64 * (2 * 2464 + head) == 356_352
     assert m["logits"] == 64 * 100 * 14 == 89_600
-    rc = memory_estimate(cfg, 2, 32, "bfloat16", "none", 1, True, half_residual=False)  # keep 4d per layer + one layer rebuilt
+    rc = memory_estimate(cfg, 2, 32, "bfloat16", "none", 1, True)  # keep 4d per layer + one layer rebuilt
     assert rc["activations"] == 64 * (2 * 4 * d + 2464 + head) == 231_424
     assert m["allocated"] == sum(v for k, v in m.items() if k not in ("allocated", "total", "overhead"))
     assert m["total"] == m["allocated"] + m["overhead"]
