@@ -97,14 +97,15 @@ def resolve_cuda_graphs(setting: str, device: torch.device, compiled: bool, n_pa
     return setting == "on"
 
 
-def resolve_half_residual(setting: str, device: torch.device, dtype: torch.dtype) -> bool:
+def resolve_half_residual(setting: str, device: torch.device, dtype: torch.dtype, fp8: str = "off") -> bool:
     """Whether the residual stream runs in the autocast dtype (bf16/fp16) instead of fp32.
     `auto`: on for CUDA half-precision training, where the fp32 stream doubled the bytes every
-    norm and residual add moves (benchmarks/RESULTS.md §2); off on CPU/MPS and in fp32."""
+    norm and residual add moves (benchmarks/RESULTS.md §2); off on CPU/MPS, in fp32, and with
+    FP8 rowwise matmuls, whose loss left the 2e-2 band only in combination with the bf16 stream."""
     if setting not in ("auto", "on", "off"):
         raise BudgetLMError(f"--half-residual: unknown {setting!r} (use auto, on, off)")
     if setting == "auto":
-        return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+        return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and fp8 != "rowwise"
     return setting == "on"
 
 

@@ -153,6 +153,11 @@ def test_half_residual_setting():
     assert resolve_half_residual("auto", cpu, torch.bfloat16) is False  # CPU keeps the fp32 stream
     assert resolve_half_residual("on", cpu, torch.bfloat16) is True
     assert resolve_half_residual("off", cpu, torch.bfloat16) is False
+    gpu = torch.device("cuda")  # a device object only: nothing runs on it
+    assert resolve_half_residual("auto", gpu, torch.bfloat16) is True
+    assert resolve_half_residual("auto", gpu, torch.float32) is False
+    assert resolve_half_residual("auto", gpu, torch.bfloat16, fp8="rowwise") is False
+    assert resolve_half_residual("auto", gpu, torch.bfloat16, fp8="tensorwise") is True
     with pytest.raises(BudgetLMError, match="--half-residual"):
         resolve_half_residual("bf16", cpu, torch.bfloat16)
 

@@ -186,7 +186,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     autocast = autocast_ctx(device, dtype)
     set_attention_kernel(model, resolve_attention(cfg.attn, device))
     if hasattr(model, "half_residual"):
-        model.half_residual = resolve_half_residual(cfg.half_residual, device, dtype)
+        model.half_residual = resolve_half_residual(cfg.half_residual, device, dtype, cfg.fp8)
     token_bytes = tokenizer.token_bytes()
     final_eval_tokens = cfg.final_eval_tokens or val_tokens.size
     ckpt_root = out / "checkpoints"
