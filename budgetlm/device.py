@@ -77,8 +77,8 @@ def synchronize(device: torch.device) -> None:
 ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
 
-# Below this size a training step is launch-bound on a GPU: CUDA graphs measured 2.4x (0.9M
-# params) and 2.8x (7M) tokens/s on an H100 (benchmarks/RESULTS.md §2); larger sizes not measured.
+# Below this size a training step is launch-bound on a GPU: CUDA graphs measured 2.4x (1.2M
+# params) and 2.8x (7.3M) tokens/s on an H100 (benchmarks/RESULTS.md §2); larger sizes not measured.
 CUDA_GRAPHS_MAX_PARAMS = 20_000_000
 
 

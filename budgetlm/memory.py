@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from budgetlm.config import ModelConfig
+from budgetlm.device import resolve_half_residual
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 
@@ -220,7 +221,7 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
     if hasattr(model, "set_recompute"):  # the trainer's switches, set the way it sets them
         model.set_recompute(_level(recompute))
         model.fused_loss = fused_loss
-        model.half_residual = (device.type == "cuda" and dtype != torch.float32) if half_residual is None \
+        model.half_residual = resolve_half_residual("auto", device, dtype) if half_residual is None \
             else half_residual
     run = (torch.compile(model, mode="reduce-overhead") if cuda_graphs else torch.compile(model)) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
