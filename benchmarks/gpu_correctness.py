@@ -25,7 +25,7 @@ from budgetlm.train.trainer import make_optimizer  # noqa: E402
 
 
 def run(batches, vocab, fast: bool, fused_loss: bool, steps: int, attn: str = "auto", fp8: str = "off",
-        half_residual: bool = True) -> list[float]:
+        half_residual: bool = True, ce_kernel: bool = False) -> list[float]:
     torch.manual_seed(0)
     dev = torch.device("cuda")
     cfg = model_config(n_layer=4, n_head=8, n_embd=256, vocab_size=vocab, block_size=256, vocab_multiple=64,
@@ -34,6 +34,7 @@ def run(batches, vocab, fast: bool, fused_loss: bool, steps: int, attn: str = "a
     enable_fp8(model, fp8)
     set_attention_kernel(model, resolve_attention(attn, dev) if fast else "math")  # plain: fp32 math reference
     model.fused_loss = fused_loss
+    model.ce_kernel = ce_kernel and fast
     model.half_residual = half_residual and fast  # the plain path stays fp32 throughout
     opt = make_optimizer(model, TrainConfig(lr=1e-3), dev) if fast else torch.optim.AdamW(
         make_optimizer(model, TrainConfig(lr=1e-3), torch.device("cpu")).param_groups, lr=1e-3, betas=(0.9, 0.95))
@@ -61,7 +62,8 @@ def main() -> None:
     rows = ids[: n * 257].view(n, 257)
     batches = [(rows[i * B:(i + 1) * B, :-1], rows[i * B:(i + 1) * B, 1:]) for i in range(steps)]
     plain = run(batches, tok.vocab_size, fast=False, fused_loss=False, steps=steps)
-    variants = {"fast (compiled loss, attn auto)": {}, "fast, fp32 residual stream": {"half_residual": False},
+    variants = {"fast (compiled loss, attn auto)": {}, "fast + CE kernel": {"ce_kernel": True},
+                "fast, fp32 residual stream": {"half_residual": False},
                 "fast, FlashAttention-2": {"attn": "flash"},
                 "fast + fused chunked loss": {"fused_loss": True}, "fast + fp8 tensorwise": {"fp8": "tensorwise"},
                 "fast + fp8 rowwise": {"fp8": "rowwise"}}

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from budgetlm.config import TrainConfig, model_config
-from budgetlm.device import ATTENTION_BACKENDS, autocast_ctx, pick_device, resolve_attention, synchronize
+from budgetlm.device import ATTENTION_BACKENDS, autocast_ctx, pick_device, resolve_attention, resolve_ce_kernel, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.models.fp8 import FP8_RECIPES, enable_fp8
@@ -31,6 +31,7 @@ ABLATION = {
     "fast (as given)": {},
     "no compile": {"compile": False},
     "chunked fused loss": {"fused_loss": True},
+    "compiled plain loss (no CE kernel)": {"ce_kernel": "off"},
     "no vocab padding": {"vocab_multiple": 1},
     "attention: FlashAttention-2": {"attn": "flash"},
     "attention: math kernel": {"attn": "math"},
@@ -44,20 +45,20 @@ ABLATION = {
 
 
 def ablation_settings(model_name: str, attn: str = "auto", fp8: str = "off",
-                      half_residual: bool = True) -> dict[str, dict]:
+                      half_residual: bool = True, ce_kernel: bool = True) -> dict[str, dict]:
     """ABLATION without the rows that would change nothing for this model or this fast path."""
     shape = model_config(model_name)
     return {k: v for k, v in ABLATION.items()
             if (shape.kv_heads != shape.n_head or "native_gqa" not in v)
             and ("fp8" not in v or fp8 == "off") and v.get("attn", "-") != attn
-            and (half_residual or "half_residual" not in v)}
+            and (half_residual or "half_residual" not in v) and (ce_kernel or "ce_kernel" not in v)}
 
 
 def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warmup: int = 5,
               compile: bool = True, fused_loss: bool = True, vocab_multiple: int | None = None, attn: str = "auto",
               fused_adam: bool = True, dtype: str = "bfloat16", recompute: int = 0, device: str = "auto",
               accum: int = 1, compile_mode: str = "default", fp8: str = "off", native_gqa: bool = True,
-              half_residual: bool = True,
+              half_residual: bool = True, ce_kernel: str = "auto",
               **model_overrides) -> dict:
     """ms/step, tokens/s, MFU and peak memory of `steps` timed AdamW steps on random tokens; each
     step is `accum` micro-batches (the optimizer step is amortized over them, as in real training)."""
@@ -71,6 +72,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     fp8_layers = enable_fp8(model, fp8)
     set_attention_kernel(model, resolve_attention(attn, dev))
     model.fused_loss = fused_loss
+    model.ce_kernel = resolve_ce_kernel(ce_kernel, dev, fused_loss)
     model.half_residual = half_residual
     model.set_recompute(recompute)
     opt = make_optimizer(model, TrainConfig(), dev)
@@ -127,7 +129,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
             "vocab_multiple": cfg.vocab_multiple, "attn": attn, "fused_adam": fused_adam, "dtype": dtype,
             "recompute": recompute, "steps": steps, "accum": accum, "compile_mode": compile_mode if compile else None,
             "fp8": fp8, "fp8_layers": len(fp8_layers), "native_gqa": native_gqa,
-            "half_residual": half_residual}
+            "half_residual": half_residual, "ce_kernel": model.ce_kernel}
 
 
 def max_micro_batch(start: int = 1, limit: int = 1024, **kw) -> tuple[int, dict | None]:
@@ -204,7 +206,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
                 compile=args.compile == "on", fused_loss=args.fused_loss == "on", attn=args.attn,
                 fused_adam=args.fused_adam == "on", dtype=args.dtype, recompute=args.recompute, fp8=args.fp8,
                 native_gqa=args.gqa == "native", half_residual=args.half_residual == "on",
-                device=args.device or "auto", accum=args.accum, compile_mode=args.compile_mode)
+                ce_kernel=args.ce_kernel, device=args.device or "auto", accum=args.accum, compile_mode=args.compile_mode)
     if args.vocab_multiple is not None:
         base["vocab_multiple"] = args.vocab_multiple
     if args.max_micro_batch:
@@ -216,7 +218,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
             row.update(setting="largest micro-batch", largest_micro_batch=mb)
             record([row], "bench-max-micro-batch", Path(args.results))
         return
-    settings = ablation_settings(args.model, args.attn, args.fp8, args.half_residual == "on") if args.ablation else {"as given": {}}
+    if args.ablation:
+        kernel = resolve_ce_kernel(args.ce_kernel, pick_device(args.device or "auto"), args.fused_loss == "on")
+        settings = ablation_settings(args.model, args.attn, args.fp8, args.half_residual == "on", kernel)
+    else:
+        settings = {"as given": {}}
     rows = []
     for mb in args.micro_batch:
         for name, change in settings.items():
@@ -254,6 +260,8 @@ def register(sub) -> None:
                    choices=["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"])
     p.add_argument("--fused-loss", choices=["on", "off"], default="off",
                    help="chunked head+CE (saves memory; the compiled plain loss is faster on H100)")
+    p.add_argument("--ce-kernel", choices=["auto", "on", "off"], default="auto",
+                   help="loss gradient by one Triton kernel in the forward pass (auto: CUDA with Triton)")
     p.add_argument("--fused-adam", choices=["on", "off"], default="on")
     p.add_argument("--vocab-multiple", type=int)
     p.add_argument("--attn", choices=list(ATTENTION_BACKENDS), default="auto",

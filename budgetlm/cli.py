@@ -13,7 +13,7 @@ from budgetlm.errors import BudgetLMError
 MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "norm", "pos", "mlp_hidden")
 TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac", "warmup_frac", "warmup_steps",
                "schedule", "weight_decay", "grad_clip", "seed", "device", "dtype", "compile", "threads",
-               "eval_every", "eval_tokens", "checkpoint_every", "log_every", "fused_loss", "recompute", "attn", "fp8", "half_residual", "cuda_graphs", "teacher", "distill_steps",
+               "eval_every", "eval_tokens", "checkpoint_every", "log_every", "fused_loss", "ce_kernel", "recompute", "attn", "fp8", "half_residual", "cuda_graphs", "teacher", "distill_steps",
                "distill_alpha", "distill_temp", "max_steps", "sample_every", "sample_tokens", "hellaswag_every",
                "hellaswag_items", "train_shards", "val_shards", "parallel", "zero_stage")
 
@@ -55,6 +55,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int)
     g.add_argument("--log-every", type=int)
     g.add_argument("--fused-loss", choices=["auto", "on", "off"], help="chunked head+cross-entropy, saves memory (auto: off)")
+    g.add_argument("--ce-kernel", choices=["auto", "on", "off"],
+                   help="loss gradient written over the logits by one Triton kernel (auto: CUDA with Triton)")
     g.add_argument("--recompute", type=int, choices=[0, 1, 2], help="activation recomputation level")
     g.add_argument("--attn", choices=["auto", "flash", "cudnn", "efficient", "math"],
                    help="preferred attention kernel (auto: cuDNN on Hopper, else PyTorch's order)")

@@ -159,6 +159,7 @@ class TrainConfig:
     out_dir: str = "runs/latest"
     progress: bool = True
     fused_loss: str = "auto"  # auto | on | off: chunked head + cross-entropy, saves memory (auto: off)
+    ce_kernel: str = "auto"  # auto | on | off: head + cross-entropy as one Triton gradient kernel (auto: CUDA + Triton)
     recompute: int = 0  # activation recomputation: 0 off, 1 MLPs, 2 whole blocks (llm.c -r)
     attn: str = "auto"  # preferred attention kernel: auto | flash | cudnn | efficient | math
     fp8: str = "off"  # off | tensorwise | rowwise: FP8 matmuls through torchao (Ada/Hopper GPUs)

@@ -109,6 +109,22 @@ def resolve_half_residual(setting: str, device: torch.device, dtype: torch.dtype
     return setting == "on"
 
 
+def resolve_ce_kernel(setting: str, device: torch.device, fused_loss: bool = False) -> bool:
+    """Whether the loss runs through models/ce_kernel.py (loss gradient computed in the forward
+    pass by one Triton kernel, over the logits' buffer). `auto`: on CUDA when Triton imports and
+    the chunked loss is not asked for; elsewhere the plain loss."""
+    from budgetlm.models.ce_kernel import triton_ready
+    if setting not in ("auto", "on", "off"):
+        raise BudgetLMError(f"--ce-kernel: unknown {setting!r} (use auto, on, off)")
+    if setting == "on" and fused_loss:
+        raise BudgetLMError("--ce-kernel on and --fused-loss on are two different loss heads: pick one")
+    if setting == "on" and not triton_ready(device):
+        raise BudgetLMError(f"--ce-kernel on needs a CUDA device and Triton (the model is on {device})")
+    if setting == "auto":
+        return triton_ready(device) and not fused_loss
+    return setting == "on"
+
+
 def resolve_attention(name: str, device: torch.device) -> str | None:
     """The attention kernel to ask scaled_dot_product_attention for, or None for PyTorch's own
     order. `auto` picks cuDNN on Hopper: there its fused attention ran 1.3-1.5x faster than

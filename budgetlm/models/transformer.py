@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from budgetlm.config import ModelConfig
+from budgetlm.models.ce_kernel import linear_cross_entropy
 from budgetlm.models.fused_ce import fused_linear_cross_entropy
 
 
@@ -241,6 +242,7 @@ class GPT(nn.Module):
         self.norm_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False)
         self.fused_loss = False  # chunked head + cross-entropy (models/fused_ce.py); set by the trainer
+        self.ce_kernel = False  # head + cross-entropy with the gradient kernel (models/ce_kernel.py); set by the trainer
         self.half_residual = False  # keep the residual stream in the autocast dtype; set by the trainer
         self.recompute = 0  # 0: keep all activations; 1: recompute MLPs; 2: recompute whole blocks
         finish_stack(self, cfg)
@@ -300,12 +302,14 @@ class GPT(nn.Module):
                 cache: KVCache | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (B, T, V) and, given targets, the mean next-token cross-entropy.
 
-        With `fused_loss` and targets, the loss comes from the chunked head and logits are None.
+        With `fused_loss` or `ce_kernel` and targets, the loss comes from that head and logits are None.
         """
         h = self.hidden_states(idx, cache)
         V = self.cfg.vocab_size
         if targets is not None and self.fused_loss:
             return None, fused_linear_cross_entropy(h.view(-1, h.size(-1)), self.lm_head.weight, targets, V)
+        if targets is not None and self.ce_kernel:
+            return None, linear_cross_entropy(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets, V)
         logits = self.lm_head(h)
         loss = None
         if targets is not None:

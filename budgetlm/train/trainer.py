@@ -20,7 +20,7 @@ from budgetlm.config import ModelConfig, RunInfo, TrainConfig, to_dict
 from budgetlm.data.loader import BatchLoader
 from budgetlm.data.prepare import data_tokenizer, load_meta
 from budgetlm.data.shards import load_pattern, load_split
-from budgetlm.device import autocast_ctx, resolve_attention, resolve_cuda_graphs, resolve_half_residual, pick_device, pick_dtype, set_threads, should_compile, synchronize
+from budgetlm.device import autocast_ctx, resolve_attention, resolve_ce_kernel, resolve_cuda_graphs, resolve_half_residual, pick_device, pick_dtype, set_threads, should_compile, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.eval.perplexity import evaluate
 from budgetlm.models import build_model
@@ -177,6 +177,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
         # Measured on an H100 (benchmarks/RESULTS.md): the compiled plain loss is faster than the
         # eager chunked one, which pays only when memory is short; so `auto` means off.
         model.fused_loss = cfg.fused_loss == "on" and loss_hook is None
+    if hasattr(model, "ce_kernel"):  # like the chunked loss, it forms no logits for a distillation hook
+        model.ce_kernel = resolve_ce_kernel(cfg.ce_kernel, device, cfg.fused_loss == "on") and loss_hook is None
     n_params = model.num_params() if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
     peak = _device_peak(device)
     compiled = should_compile(cfg.compile, device)

@@ -1,0 +1,103 @@
+"""The LM head + cross-entropy alone: the compiled plain loss against models/ce_kernel.py.
+
+For the GPT-2 124M head (32x1024 tokens, 768 -> 50,304 padded / 50,257 real) and the TinyLlama
+head (16x2048 tokens, 2048 -> 32,000), forward + backward of the head and loss under bf16
+autocast, CUDA events, median of 20 after warm-up:
+- `compiled plain`: torch.compile of F.linear + padded_cross_entropy (the path before the kernel);
+- `ce kernel`: torch.compile of linear_cross_entropy (the kernel inside the compiled graph);
+- the kernel alone for several block sizes / warp counts, with its effective bandwidth
+  (it reads each row twice and writes it once).
+Correctness: loss and gradients of both against an fp32 reference (fp32 matmuls and loss).
+
+    python benchmarks/ce_kernel_bench.py        # CUDA only; appends rows to results.jsonl
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import print_table, record  # noqa: E402
+from budgetlm.models.ce_kernel import linear_cross_entropy, loss_and_grad_triton_  # noqa: E402
+from budgetlm.models.transformer import padded_cross_entropy  # noqa: E402
+
+SHAPES = {  # name: (tokens, width, padded vocab, vocab)
+    "gpt2-124m 32x1024": (32 * 1024, 768, 50304, 50257),
+    "tinyllama-1.1b 16x2048": (16 * 2048, 2048, 32000, 32000),
+}
+CONFIGS = [(1024, 4), (2048, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16), (8192, 32), (16384, 32)]
+
+
+def timed(fn, reps: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def plain_loss(h, w, t, vocab):
+    return padded_cross_entropy(F.linear(h, w), t, vocab)
+
+
+def fwd_bwd(loss_fn, h, w, t, vocab, amp: bool = True):
+    h.grad = w.grad = None
+    with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+        loss = loss_fn(h, w, t, vocab)
+    loss.backward()
+    return loss.detach(), h.grad, w.grad
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def main() -> None:
+    if not torch.cuda.is_available():
+        sys.exit("ce_kernel_bench.py needs CUDA")
+    rows = []
+    for name, (n, d, vp, v) in SHAPES.items():
+        g = torch.Generator(device="cuda").manual_seed(0)
+        h = (torch.randn(n, d, device="cuda", generator=g)).requires_grad_()
+        w = (torch.randn(vp, d, device="cuda", generator=g) * d ** -0.5).requires_grad_()
+        t = torch.randint(0, v, (n,), device="cuda", generator=g)
+        t[::97] = -1  # a few ignored positions, as padding would give
+        ref = fwd_bwd(plain_loss, h, w, t, v, amp=False)  # fp32 matmuls (TF32 off by default) and loss
+        for label, fn in (("compiled plain", torch.compile(plain_loss)),
+                          ("ce kernel (compiled)", torch.compile(linear_cross_entropy))):
+            out = fwd_bwd(fn, h, w, t, v)
+            ms = timed(lambda: fwd_bwd(fn, h, w, t, v))
+            peak0 = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            fwd_bwd(fn, h, w, t, v)
+            rows.append({"shape": name, "variant": label, "ms": ms,
+                         "extra_peak_gb": (torch.cuda.max_memory_allocated() - peak0) / 1e9,
+                         "loss_rel_err": abs(out[0].item() - ref[0].item()) / ref[0].item(),
+                         "grad_h_rel_err": rel(out[1], ref[1]), "grad_w_rel_err": rel(out[2], ref[2])})
+            print_table(rows[-1:], list(rows[-1]))
+        logits = (h.detach() @ w.detach().t()).bfloat16()
+        for block, warps in CONFIGS:
+            buf = logits.clone()
+            ms = timed(lambda: loss_and_grad_triton_(buf, t, v, block=block, num_warps=warps))
+            rows.append({"shape": name, "variant": f"kernel alone, block {block}, {warps} warps", "ms": ms,
+                         "gb_per_s": 3 * logits.numel() * logits.element_size() / ms / 1e6})
+            print_table(rows[-1:], list(rows[-1]))
+            del buf
+        del h, w, logits
+        torch.cuda.empty_cache()
+    record("ce-kernel", rows)
+
+
+if __name__ == "__main__":
+    main()
