@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 from budgetlm.config import model_config  # noqa: E402
 from budgetlm.hardware import peak_flops  # noqa: E402
+from budgetlm.device import resolve_ce_kernel  # noqa: E402
 from budgetlm.memory import GB, flops_per_token, measure_peak_memory, measure_throughput, memory_estimate  # noqa: E402
 
 CASES = ("gpt2-124m", "gpt2-350m", "tinyllama-1.1b")
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         [(name, micro) for name in args.models for micro in args.micro]
     for name, micro in cases:
         cfg = model_config(name, block_size=args.seq_len)
-        est = memory_estimate(cfg, micro, args.seq_len, "bfloat16", recompute=args.recompute, fused_loss=fused)
+        est = memory_estimate(cfg, micro, args.seq_len, "bfloat16", recompute=args.recompute, fused_loss=fused,
+                              ce_kernel=resolve_ce_kernel("auto", torch.device("cuda"), fused))
         row = dict(base, model=name, micro_batch=micro, est_allocated_gb=est["allocated"] / GB,
                    est_parts_gb={k: round(v / GB, 3) for k, v in est.items()})
         try:

@@ -23,7 +23,10 @@ autocast, AdamW), so it can be checked against torch.cuda.max_memory_allocated
                          (16 in fp32). Fused chunked path (models/fused_ce.py, opt-in with
                          TrainConfig.fused_loss = "on"): one 4096-row chunk of fp32 logits and temporaries
                          (~12 B/element) plus bf16 copies of hidden and head weight, and the
-                         saved fp32 d(hidden), d(weight).
+                         saved fp32 d(hidden), d(weight). Cross-entropy kernel (models/ce_kernel.py,
+                         the CUDA default): the bf16 logits, overwritten by their gradient in the
+                         forward pass and kept for the backward (2 B/element), plus the backward's
+                         d(hidden), d(weight) and their scaled copies in bf16.
   overhead               fixed CUDA context, cuBLAS workspace and allocator slack; not part of
                          max_memory_allocated, but part of what must fit on the card
 torch.compile fuses elementwise ops and saves less (15-40% below this estimate, measured), so
@@ -40,7 +43,7 @@ from typing import Any
 import torch
 
 from budgetlm.config import ModelConfig
-from budgetlm.device import resolve_half_residual
+from budgetlm.device import resolve_ce_kernel, resolve_half_residual
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 
@@ -138,10 +141,12 @@ def layer_activation_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "bfloat1
 
 
 def loss_head_bytes(cfg: ModelConfig, tokens: int, dtype: str = "bfloat16", fused_loss: bool = False,
-                    chunk_rows: int = 4096) -> float:
+                    chunk_rows: int = 4096, ce_kernel: bool = False) -> float:
     """Peak bytes of the LM head + cross-entropy for `tokens` rows (see the module docstring)."""
     a, r = _act_bytes(dtype)
     V, Vp, d = cfg.vocab_size, cfg.padded_vocab, cfg.n_embd
+    if ce_kernel and not fused_loss:
+        return tokens * a * Vp + 2 * a * (tokens + Vp) * d
     if not fused_loss:
         return tokens * (a * Vp + 12.0 * V)
     copy = a if a == 2 else 0  # fp32 compute uses the tensors themselves
@@ -154,10 +159,12 @@ def loss_head_bytes(cfg: ModelConfig, tokens: int, dtype: str = "bfloat16", fuse
 def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str = "bfloat16",
                     sharding: str = "none", n_gpus: int = 1, recompute: bool | int = False,
                     attention: str = "flash", fused_loss: bool = False,
-                    overhead: float = OVERHEAD_BYTES) -> dict[str, float]:
+                    overhead: float = OVERHEAD_BYTES, ce_kernel: bool = False) -> dict[str, float]:
     """Peak bytes per GPU for one training step, by part (see the module docstring).
 
     recompute: False/0 off, 1 MLPs, True/2 whole blocks (TrainConfig.recompute).
+    fused_loss / ce_kernel: the chunked loss head / the cross-entropy kernel's head (the trainer's
+    CUDA default); neither: the plain compiled-or-eager loss.
     overhead: fixed bytes beside the tensors (CUDA context etc.; 0 for a CPU).
     Keys: weights, grads, optimizer, weight_copies, activations, logits, overhead,
     allocated (all but overhead: comparable to torch.cuda.max_memory_allocated) and total.
@@ -183,7 +190,7 @@ def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str
     kept = {0: per["total"], 1: per["attention"] + r * cfg.n_embd, 2: r * cfg.n_embd}[level]
     redo = {0: 0.0, 1: per["mlp"], 2: per["total"]}[level]  # one layer rebuilt during its backward
     out["activations"] = tokens * (cfg.n_layer * kept + redo + head)
-    out["logits"] = loss_head_bytes(cfg, tokens, dtype, fused_loss)
+    out["logits"] = loss_head_bytes(cfg, tokens, dtype, fused_loss, ce_kernel=ce_kernel)
     out["overhead"] = float(overhead)
     out["allocated"] = sum(v for k, v in out.items() if k != "overhead")
     out["total"] = out["allocated"] + out["overhead"]
@@ -193,13 +200,13 @@ def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str
 def pick_micro_batch(cfg: ModelConfig, seq_len: int, mem_bytes: float, dtype: str = "bfloat16",
                      sharding: str = "none", n_gpus: int = 1, recompute: bool | int = False,
                      max_micro: int = 64, headroom: float = 0.10, fused_loss: bool = False,
-                     overhead: float = OVERHEAD_BYTES) -> int:
+                     overhead: float = OVERHEAD_BYTES, ce_kernel: bool = False) -> int:
     """Largest power of two whose estimate fits in (1 - headroom) of memory; 0 if not even 1 fits.
     Headroom covers what the model leaves out (fragmentation, compile workspaces, temporaries)."""
     best, b = 0, 1
     while b <= max_micro:
         est = memory_estimate(cfg, b, seq_len, dtype, sharding, n_gpus, recompute, fused_loss=fused_loss,
-                              overhead=overhead)["total"]
+                              overhead=overhead, ce_kernel=ce_kernel)["total"]
         if est > (1 - headroom) * mem_bytes:
             break
         best, b = b, b * 2
@@ -221,6 +228,7 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
     if hasattr(model, "set_recompute"):  # the trainer's switches, set the way it sets them
         model.set_recompute(_level(recompute))
         model.fused_loss = fused_loss
+        model.ce_kernel = resolve_ce_kernel("auto", device, fused_loss)
         model.half_residual = resolve_half_residual("auto", device, dtype) if half_residual is None \
             else half_residual
     run = (torch.compile(model, mode="reduce-overhead") if cuda_graphs else torch.compile(model)) if compile else model
@@ -283,7 +291,8 @@ def measure_peak_memory(cfg: ModelConfig, micro_batch: int, seq_len: int, steps:
                         compile: bool = False, accum: int = 2, fused_loss: bool = False,
                         recompute: int = 0) -> dict[str, Any]:
     """Run `steps` real steps on CUDA (bf16 autocast, fused AdamW, fp32 params; the chunked loss
-    head with fused_loss=True, recompute levels as TrainConfig.recompute) and return
+    head with fused_loss=True, else the trainer's default head — the cross-entropy kernel where
+    Triton imports —, recompute levels as TrainConfig.recompute) and return
     torch.cuda.max_memory_allocated with timings, to check memory_estimate()['allocated'].
 
     accum=2 by default because the estimate counts fp32 grads as resident during the forward,

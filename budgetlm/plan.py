@@ -29,6 +29,7 @@ from typing import Any
 from budgetlm.config import MODEL_PRESETS, ModelConfig, model_config
 from budgetlm.errors import BudgetLMError
 from budgetlm.hardware import GPUSpec, _ram_gb, get_gpu, local_device, measure_cpu_tflops, peak_flops
+from budgetlm.device import resolve_ce_kernel
 from budgetlm.memory import (GB, OVERHEAD_BYTES, SHARDINGS, count_params, flops_per_token, layer_activation_bytes,
                              measure_peak_memory, measure_throughput, memory_estimate, pick_micro_batch)
 from budgetlm.train.budget import parse_budget
@@ -163,10 +164,12 @@ def estimate(cfg: ModelConfig, gpu: GPUSpec, n_gpus: int = 1, seq_len: int = 102
              recompute: bool | int = 0, name: str = "", max_micro: int = 64,
              fused_loss: bool | None = None) -> Candidate:
     """Memory, micro-batch, tokens/s = gpus * peak * MFU / (FLOPs/token), and tokens in time_s.
-    fused_loss: the chunked loss head (TrainConfig.fused_loss = on); None = the trainer's default, off."""
+    fused_loss: the chunked loss head (TrainConfig.fused_loss = on); None = the trainer's default, off
+    (on CUDA the trainer's default head is the cross-entropy kernel, which keeps only bf16 logits)."""
     dtype = "bfloat16" if gpu.bf16 else "float32"
     fused = bool(fused_loss)
-    extra = {"fused_loss": fused, "overhead": OVERHEAD_BYTES if gpu.device != "cpu" else 0.0}
+    extra = {"fused_loss": fused, "overhead": OVERHEAD_BYTES if gpu.device != "cpu" else 0.0,
+             "ce_kernel": gpu.device == "cuda" and not fused}
     micro = pick_micro_batch(cfg, seq_len, gpu.mem_bytes, dtype, sharding, n_gpus, recompute, max_micro, **extra)
     mem = memory_estimate(cfg, max(micro, 1), seq_len, dtype, sharding, n_gpus, recompute, **extra)
     plain, rc = (memory_estimate(cfg, max(micro, 1), seq_len, dtype, sharding, n_gpus, lv, **extra)["activations"]
@@ -403,6 +406,8 @@ def explain(plan: Plan) -> str:
             + (f"; this plan (level {plan.recompute}): {_gb(m['activations'])} GB" if plan.recompute else ""),
             (f"loss head (fused, chunked) = 4096 rows * V*12 B + bf16 copies + fp32 d(hidden), d(weight) "
              f"= {_gb(m['logits'])} GB" if plan.fused_loss else
+             f"loss head (cross-entropy kernel) = B*T*V*2 B logits/gradient + bf16 d(hidden), d(weight) = "
+             f"{B}*{T}*{cfg.padded_vocab}*2 + ... = {_gb(m['logits'])} GB" if g.device == "cuda" else
              f"logits = B*T*V*(2+4+4+4) B = {B}*{T}*{cfg.vocab_size}*14 = {_gb(m['logits'])} GB"),
             f"total = sum + {_gb(m['overhead'])} GB CUDA overhead = {_gb(m['total'])} GB; micro-batch = largest power "
             f"of 2 with total <= 90% of {g.mem_gb:g} GB = {c.micro_batch}",
@@ -432,7 +437,7 @@ def measure(plan: Plan, seconds: float = 3.0, max_step_s: float = 2.0, log=print
         if not peak or micro * plan.seq_len / est > max_step_s:
             continue
         micro = min(micro, pick_micro_batch(c.cfg, plan.seq_len, mem, "bfloat16" if dev.type == "cuda" else "float32",
-                                            overhead=overhead))
+                                            overhead=overhead, ce_kernel=resolve_ce_kernel("auto", dev)))
         if micro < 1:
             continue
         r = measure_throughput(c.cfg, micro, plan.seq_len, seconds, dev, compile=compile)

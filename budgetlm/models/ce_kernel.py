@@ -25,9 +25,10 @@ except ImportError:  # CPU wheels ship without Triton: the PyTorch version of th
     triton = None
 
 IGNORE_INDEX = -1
-# Tuned on an H100 for 50,304- and 32,000-wide rows (benchmarks/ce_kernel_bench.py).
-BLOCK = 4096
-NUM_WARPS = 8
+# From a sweep on an H100 (benchmarks/ce_kernel_bench.py): for 32,000-wide rows 16384/32 took
+# 1.66 ms against 2.18 ms at 4096/8; for 50,304-wide rows all settings were within 8% (3.46-3.72 ms).
+BLOCK = 16384
+NUM_WARPS = 32
 
 
 def triton_ready(device: torch.device) -> bool:
