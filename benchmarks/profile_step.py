@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import record  # noqa: E402
 from budgetlm.config import TrainConfig, model_config  # noqa: E402
-from budgetlm.device import resolve_attention  # noqa: E402
+from budgetlm.device import resolve_attention, resolve_ce_kernel  # noqa: E402
 from budgetlm.models import build_model  # noqa: E402
 from budgetlm.models.fp8 import enable_fp8  # noqa: E402
 from budgetlm.models.transformer import set_attention_kernel  # noqa: E402
@@ -30,6 +30,8 @@ def group(name: str) -> str:
         return "attention"
     if any(s in n for s in ("gemm", "nvjet", "xmma", "cutlass", "matmul", "_mm_", "scaled_mm")):
         return "matmul"
+    if "loss_and_grad" in n:
+        return "cross-entropy kernel (models/ce_kernel.py)"
     if "adam" in n or "multi_tensor" in n:
         return "optimizer (AdamW, grad clip)"
     if n.startswith("triton"):
@@ -45,6 +47,7 @@ def main() -> None:
     ap.add_argument("--attn", default="auto")
     ap.add_argument("--fp8", default="off")
     ap.add_argument("--half-residual", choices=["on", "off"], default="on")
+    ap.add_argument("--ce-kernel", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -55,6 +58,7 @@ def main() -> None:
     enable_fp8(model, args.fp8)
     set_attention_kernel(model, resolve_attention(args.attn, dev))
     model.half_residual = args.half_residual == "on"
+    model.ce_kernel = resolve_ce_kernel(args.ce_kernel, dev)
     opt = make_optimizer(model, TrainConfig(), dev)
     run = torch.compile(model)
     x = torch.randint(0, cfg.vocab_size, (args.micro_batch, args.seq + 1), device=dev)
@@ -92,10 +96,10 @@ def main() -> None:
         print(f"  {g:<40}{us / 1000 / args.steps:>8.1f} ms {us / total:>7.1%}")
         rows.append({"group": g, "ms_per_step": us / 1000 / args.steps, "share": us / total})
     print("  top kernels:")
-    for us, k in sorted(top, reverse=True)[:12]:
+    for us, k in sorted(top, reverse=True)[:20]:
         print(f"    {us / 1000 / args.steps:>7.2f} ms  {group(k)[:10]:<10} {k[:100]}")
     record("profile-step", rows, model=args.model, seq=args.seq, micro_batch=args.micro_batch, attn=args.attn,
-           fp8=args.fp8, half_residual=args.half_residual, device=torch.cuda.get_device_name(), torch_version=torch.__version__,
+           fp8=args.fp8, half_residual=args.half_residual, ce_kernel=model.ce_kernel, device=torch.cuda.get_device_name(), torch_version=torch.__version__,
            kernel_ms_per_step=ms, top_kernels=[(round(us / 1000 / args.steps, 3), k[:120])
                                                for us, k in sorted(top, reverse=True)[:20]])
 
