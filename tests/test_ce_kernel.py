@@ -179,3 +179,55 @@ def test_cuda_bf16_gradients_match_an_fp32_reference():
     for x, p, r in zip(ours, plain, ref):  # within bf16 tolerance, and no worse than the plain bf16 path
         err, err_plain = (((y.double() - r.double()).norm() / r.double().norm()).item() for y in (x, p))
         assert err < 1e-2 and err < 1.5 * err_plain + 1e-6, (err, err_plain)
+
+
+def _fsdp_worker(rank: int, world: int, port: int, result_path: str) -> None:
+    """Two ranks, FSDP2 (per block, then the root): the kernel head reads lm_head.weight in the
+    root's forward, where FSDP2 has gathered it. Gradients must equal one process's plain head."""
+    import copy
+
+    from torch.distributed.fsdp import fully_shard
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = build_model(model_config(n_layer=2, n_head=2, n_embd=16, vocab_size=90, block_size=8))
+        ref = copy.deepcopy(model)
+        x, y = torch.randint(0, 90, (2 * world, 8)), torch.randint(0, 90, (2 * world, 8))
+        _, ref_loss = ref(x, y)
+        ref_loss.backward()
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        model.ce_kernel = True
+        _, loss = model(x[2 * rank:2 * rank + 2], y[2 * rank:2 * rank + 2])
+        loss.backward()
+        errs = [((p.grad.full_tensor() - r.grad).norm() / r.grad.norm()).item()
+                for p, r in zip(model.parameters(), ref.parameters())]
+        if rank == 0:
+            with open(result_path, "w") as f:
+                f.write(repr(max(errs)))
+        torch.distributed.barrier()  # no rank tears gloo down while the other still talks to it
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_kernel_head_under_fsdp2_matches_one_process(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "err.txt"
+    mp.spawn(_fsdp_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    assert float(out.read_text()) < 1e-5
+
+
+def test_trainer_rejects_the_kernel_where_it_cannot_run(synth_data, tmp_path):
+    from budgetlm.config import TrainConfig
+    from budgetlm.train.trainer import train
+    cfg = TrainConfig(budget="2-steps", batch_size=2, seq_len=16, out_dir=str(tmp_path), progress=False,
+                      device="cpu", compile="off", ce_kernel="on")
+    with pytest.raises(BudgetLMError, match="--ce-kernel on needs a CUDA device and Triton"):
+        train(model_config(n_layer=1, n_head=2, n_embd=16), cfg, synth_data, log=lambda *_: None)
