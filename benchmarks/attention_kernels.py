@@ -12,7 +12,6 @@ Then a compiled GPT step under each preference, to show the preference reaches t
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import record  # noqa: E402
+from benchmarks.common import cuda_median_ms, record  # noqa: E402
 from budgetlm.models.transformer import sdpa_backend, set_attention_kernel  # noqa: E402
 
 SHAPES = {  # name: (batch, query heads, kv heads, seq, head dim)
@@ -59,20 +58,6 @@ def kernel_names(fn) -> list[str]:
     return sorted(n[:90] for n in names if any(s in n.lower() for s in keep))
 
 
-def time_fwd_bwd(fn, reps: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
 def rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -96,7 +81,7 @@ def main() -> None:
                         attend(q, k, v, gqa).backward(dout)
                 try:
                     ran = kernel_names(step)
-                    ms = time_fwd_bwd(step)
+                    ms = cuda_median_ms(step)
                     # accuracy on fresh small inputs vs fp32 math
                     qs, ks, vs = inputs(2, H, K, T, D, torch.bfloat16, seed=7)
                     with only(backend):

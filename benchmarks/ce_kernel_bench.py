@@ -14,7 +14,6 @@ Correctness: loss and gradients of both against an fp32 reference (fp32 matmuls 
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import print_table, record  # noqa: E402
+from benchmarks.common import cuda_median_ms, print_table, record  # noqa: E402
 from budgetlm.models.ce_kernel import linear_cross_entropy, loss_and_grad_triton_  # noqa: E402
 from budgetlm.models.transformer import padded_cross_entropy  # noqa: E402
 
@@ -31,20 +30,6 @@ SHAPES = {  # name: (tokens, width, padded vocab, vocab)
     "tinyllama-1.1b 16x2048": (16 * 2048, 2048, 32000, 32000),
 }
 CONFIGS = [(1024, 4), (2048, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16), (8192, 32), (16384, 32)]
-
-
-def timed(fn, reps: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def plain_loss(h, w, t, vocab):
@@ -77,7 +62,7 @@ def main() -> None:
         for label, fn in (("compiled plain", torch.compile(plain_loss)),
                           ("ce kernel (compiled)", torch.compile(linear_cross_entropy))):
             out = fwd_bwd(fn, h, w, t, v)
-            ms = timed(lambda: fwd_bwd(fn, h, w, t, v))
+            ms = cuda_median_ms(lambda: fwd_bwd(fn, h, w, t, v))
             peak0 = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
             fwd_bwd(fn, h, w, t, v)
@@ -89,7 +74,7 @@ def main() -> None:
         logits = (h.detach() @ w.detach().t()).bfloat16()
         for block, warps in CONFIGS:
             buf = logits.clone()
-            ms = timed(lambda: loss_and_grad_triton_(buf, t, v, block=block, num_warps=warps))
+            ms = cuda_median_ms(lambda: loss_and_grad_triton_(buf, t, v, block=block, num_warps=warps))
             rows.append({"shape": name, "variant": f"kernel alone, block {block}, {warps} warps", "ms": ms,
                          "gb_per_s": 3 * logits.numel() * logits.element_size() / ms / 1e6})
             print_table(rows[-1:], list(rows[-1]))

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -51,6 +52,21 @@ def record(benchmark: str, rows: list[dict], results: Path = RESULTS, **extra) -
     with open(results, "a") as f:
         for row in rows:
             f.write(json.dumps({**stamp, **row}) + "\n")
+
+
+def cuda_median_ms(fn, reps: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of fn() on the GPU (CUDA events around each call), after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
 
 
 def print_table(rows: list[dict], cols: list[str]) -> None:
