@@ -20,6 +20,7 @@ from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.models.fp8 import FP8_RECIPES, enable_fp8
 from budgetlm.models.transformer import gqa_mode, set_attention_kernel
+from budgetlm.train.distributed import DistContext, PARALLEL_MODES, setup
 from budgetlm.train.trainer import make_optimizer
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results.jsonl"
@@ -58,12 +59,17 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
               compile: bool = True, fused_loss: bool = True, vocab_multiple: int | None = None, attn: str = "auto",
               fused_adam: bool = True, dtype: str = "bfloat16", recompute: int = 0, device: str = "auto",
               accum: int = 1, compile_mode: str = "default", fp8: str = "off", native_gqa: bool = True,
-              half_residual: bool = True, ce_kernel: str = "auto",
+              half_residual: bool = True, ce_kernel: str = "auto", ctx: DistContext | None = None,
               **model_overrides) -> dict:
     """ms/step, tokens/s, MFU and peak memory of `steps` timed AdamW steps on random tokens; each
-    step is `accum` micro-batches (the optimizer step is amortized over them, as in real training)."""
-    dev = pick_device(device)
-    torch.manual_seed(0)
+    step is `accum` micro-batches (the optimizer step is amortized over them, as in real training).
+
+    Under torchrun, `ctx` (from distributed.setup) wraps the model as the trainer does (DDP, DDP with
+    ZeRO-1 optimizer sharding, or FSDP2): every rank times its own steps; the row has the slowest
+    rank's step time, the whole job's tokens/s, tokens/s per GPU and the largest peak memory."""
+    ctx = ctx or DistContext(device=pick_device(device))
+    dev = ctx.device
+    torch.manual_seed(0)  # same initial weights on every rank, as in the trainer
     overrides = dict(block_size=seq, **model_overrides)
     if vocab_multiple is not None:
         overrides["vocab_multiple"] = vocab_multiple
@@ -75,20 +81,25 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     model.ce_kernel = resolve_ce_kernel(ce_kernel, dev, fused_loss)
     model.half_residual = half_residual
     model.set_recompute(recompute)
-    opt = make_optimizer(model, TrainConfig(), dev)
+    wrapped = ctx.wrap(model)
     if dev.type == "cuda" and not fused_adam:
-        opt = torch.optim.AdamW(opt.param_groups, lr=1e-4, betas=(0.9, 0.95), foreach=True)
-    run = (torch.compile(model) if compile_mode == "default" else torch.compile(model, mode=compile_mode)) \
-        if compile else model
+        foreach = lambda m, c, d: torch.optim.AdamW(make_optimizer(m, c, d).param_groups, lr=1e-4,
+                                                     betas=(0.9, 0.95), foreach=True)
+        opt = ctx.make_optimizer(model, foreach, TrainConfig(), dev)
+    else:
+        opt = ctx.make_optimizer(model, make_optimizer, TrainConfig(), dev)
+    run = (torch.compile(wrapped) if compile_mode == "default" else torch.compile(wrapped, mode=compile_mode)) \
+        if compile else wrapped
     amp = autocast_ctx(dev, torch.bfloat16 if dtype in ("bf16", "bfloat16") else torch.float32)
-    data = torch.randint(0, cfg.vocab_size, (min(warmup + steps, 8), accum, micro_batch, seq + 1))
+    gen = torch.Generator().manual_seed(ctx.rank)  # each rank its own tokens
+    data = torch.randint(0, cfg.vocab_size, (min(warmup + steps, 8), accum, micro_batch, seq + 1), generator=gen)
     if dev.type == "cuda":  # pageable copies would block the host until the GPU is idle
         data = data.pin_memory()
 
     def step(i: int) -> None:
         for a in range(accum):
             batch = data[i % len(data), a].to(dev, non_blocking=True)
-            with gqa_mode(native_gqa):
+            with ctx.micro_step(last=a == accum - 1), gqa_mode(native_gqa):
                 with amp:
                     _, loss = run(batch[:, :-1], batch[:, 1:])
                 (loss / accum).backward()
@@ -114,17 +125,26 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
         ms = start.elapsed_time(end) / steps
     else:
         ms = (time.perf_counter() - t0) * 1000 / steps
+    peak_mem = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None
+    ms_rank = ms
+    if ctx.enabled:  # the job runs at its slowest rank's pace; memory is what the fullest GPU needs
+        worst = torch.tensor([ms, peak_mem or 0.0], dtype=torch.float64, device=dev)
+        torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX)
+        ms, peak_mem = worst[0].item(), (worst[1].item() if dev.type == "cuda" else None)
     tokens = micro_batch * seq * accum
     fpt = model.flops_per_token(seq)
     fpt_full = model.flops_per_token_full_attention(seq) if hasattr(model, "flops_per_token_full_attention") else fpt
     from budgetlm.hardware import peak_flops
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     peak = peak_flops(name) if dev.type == "cuda" else None
-    tps = tokens / (ms / 1000)
+    tps = tokens / (ms / 1000)  # per GPU; MFU is per GPU too
     return {"model": model_name, "params": model.num_params(), "seq": seq, "micro_batch": micro_batch,
-            "ms_per_step": ms, "tokens_per_s": tps, "mfu": tps * fpt / peak if peak else None,
+            "ms_per_step": ms, "tokens_per_s": tps * ctx.world, "tokens_per_s_per_gpu": tps,
+            "world": ctx.world, "parallel": ctx.parallel + ("+zero1" if ctx.zero_stage else ""),
+            "ms_per_step_rank0": ms_rank if ctx.enabled else ms,
+            "mfu": tps * fpt / peak if peak else None,
             "mfu_full_attn": tps * fpt_full / peak if peak else None,
-            "tflops": tps * fpt / 1e12, "peak_mem_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None,
+            "tflops": tps * fpt / 1e12, "peak_mem_gb": peak_mem,
             "warmup_s": warmup_s, "device": name, "compile": compile, "fused_loss": fused_loss,
             "vocab_multiple": cfg.vocab_multiple, "attn": attn, "fused_adam": fused_adam, "dtype": dtype,
             "recompute": recompute, "steps": steps, "accum": accum, "compile_mode": compile_mode if compile else None,
@@ -202,16 +222,28 @@ def print_rows(rows: list[dict], header: bool = True) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.seq < 1 or min(args.micro_batch) < 1 or args.steps < 1 or args.accum < 1:
         raise BudgetLMError("--seq, --micro-batch, --accum and --steps must be positive")
+    ctx = setup(pick_device(args.device or "auto"), args.parallel, args.zero_stage)
+    try:
+        _bench_settings(args, ctx)
+    finally:
+        ctx.teardown()
+
+
+def _bench_settings(args: argparse.Namespace, ctx: DistContext) -> None:
     base = dict(model_name=args.model, seq=args.seq, steps=args.steps, warmup=args.warmup,
                 compile=args.compile == "on", fused_loss=args.fused_loss == "on", attn=args.attn,
                 fused_adam=args.fused_adam == "on", dtype=args.dtype, recompute=args.recompute, fp8=args.fp8,
                 native_gqa=args.gqa == "native", half_residual=args.half_residual == "on",
-                ce_kernel=args.ce_kernel, device=args.device or "auto", accum=args.accum, compile_mode=args.compile_mode)
+                ce_kernel=args.ce_kernel, device=args.device or "auto", accum=args.accum, compile_mode=args.compile_mode,
+                ctx=ctx)
+    say = print if ctx.is_main else (lambda *a, **k: None)
     if args.vocab_multiple is not None:
         base["vocab_multiple"] = args.vocab_multiple
     if args.max_micro_batch:
         if not torch.cuda.is_available():
             raise BudgetLMError("--max-micro-batch needs CUDA (it searches for the out-of-memory edge)")
+        if ctx.enabled:  # an out-of-memory error on one rank would leave the others waiting in a collective
+            raise BudgetLMError("--max-micro-batch runs in one process; launch it without torchrun")
         mb, row = max_micro_batch(start=args.micro_batch[0], **base)
         print(f"largest micro-batch that fits: {mb}")
         if row and not args.no_record:
@@ -219,7 +251,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             record([row], "bench-max-micro-batch", Path(args.results))
         return
     if args.ablation:
-        kernel = resolve_ce_kernel(args.ce_kernel, pick_device(args.device or "auto"), args.fused_loss == "on")
+        kernel = resolve_ce_kernel(args.ce_kernel, ctx.device, args.fused_loss == "on")
         settings = ablation_settings(args.model, args.attn, args.fp8, args.half_residual == "on", kernel)
     else:
         settings = {"as given": {}}
@@ -229,21 +261,24 @@ def cmd_bench(args: argparse.Namespace) -> None:
             try:
                 r = bench_one(**{**base, "micro_batch": mb, **change})
             except torch.OutOfMemoryError:
-                print(f"{name} (micro-batch {mb}): out of memory")
+                if ctx.enabled:
+                    raise  # the other ranks cannot carry on alone
+                say(f"{name} (micro-batch {mb}): out of memory")
                 torch.cuda.empty_cache()
                 continue
             except BudgetLMError as e:
                 if not args.ablation:
                     raise
-                print(f"{name} (micro-batch {mb}): skipped, {e}")  # e.g. fp8 rows on a GPU without FP8
+                say(f"{name} (micro-batch {mb}): skipped, {e}")  # e.g. fp8 rows on a GPU without FP8
                 continue
             finally:
                 if base["compile"]:
                     torch._dynamo.reset()  # each setting compiles afresh; don't let caches pile up
             r["setting"] = name if len(args.micro_batch) == 1 else f"{name} mb{mb}"
-            print_rows([r], header=not rows)
+            if ctx.is_main:
+                print_rows([r], header=not rows)
             rows.append(r)
-    if rows and not args.no_record:
+    if rows and not args.no_record and ctx.is_main:
         record(rows, "bench-ablation" if args.ablation else "bench", Path(args.results))
 
 
@@ -274,6 +309,9 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--recompute", type=int, choices=[0, 1, 2], default=0)
     p.add_argument("--device")
+    p.add_argument("--parallel", choices=list(PARALLEL_MODES), default="auto",
+                   help="under torchrun: ddp or fsdp (FSDP2), as in training; auto = ddp")
+    p.add_argument("--zero-stage", type=int, default=0, help="1 = shard the AdamW state across DDP ranks (ZeRO-1)")
     p.add_argument("--ablation", action="store_true", help="run the fast path and each piece switched off")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--no-record", action="store_true")

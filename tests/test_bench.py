@@ -52,3 +52,40 @@ def test_max_micro_batch_flag_needs_cuda(capsys: pytest.CaptureFixture) -> None:
     from budgetlm.cli import main
     assert main(["bench", "--model", "nano", "--max-micro-batch", "--no-record"]) == 2
     assert "--max-micro-batch needs CUDA" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", [["--parallel", "ddp", "--zero-stage", "1"], ["--parallel", "fsdp"]])
+def test_bench_under_torchrun_reports_the_job_and_each_gpu(tmp_path, mode) -> None:
+    """Two gloo ranks: one row (rank 0 writes), tokens/s for the job = 2 x per GPU, per GPU from the
+    slowest rank's step time; the parallel mode named as the trainer names it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "rows.jsonl"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                          "-m", "budgetlm", "bench", "--model", "nano", "--seq", "16", "--micro-batch", "2",
+                          "--accum", "2", "--steps", "2", "--warmup", "1", "--compile", "off", "--device", "cpu",
+                          "--results", str(out), *mode], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("as given") == 1  # only rank 0 prints
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["world"] == 2 and r["parallel"] == ("ddp+zero1" if "--zero-stage" in mode else "fsdp")
+    assert r["tokens_per_s_per_gpu"] == pytest.approx(2 * 16 * 2 / (r["ms_per_step"] / 1000))
+    assert r["tokens_per_s"] == pytest.approx(2 * r["tokens_per_s_per_gpu"])
+    assert r["ms_per_step"] >= r["ms_per_step_rank0"]  # the job's pace is its slowest rank's
+
+
+def test_max_micro_batch_refuses_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    from argparse import Namespace
+    from budgetlm.train.distributed import DistContext
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = Namespace(model="nano", seq=16, steps=1, warmup=1, compile="off", fused_loss="off", attn="auto",
+                     fused_adam="on", dtype="float32", recompute=0, fp8="off", gqa="native", half_residual="on",
+                     ce_kernel="off", device="cpu", accum=1, compile_mode="default", vocab_multiple=None,
+                     max_micro_batch=True, micro_batch=[2])
+    with pytest.raises(BudgetLMError, match="without torchrun"):
+        bench._bench_settings(args, DistContext(world=2, parallel="ddp"))

@@ -326,6 +326,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                 if peak:
                     rec["mfu"] = tok_rate * flops_per_token / peak
                     rec["mfu_full_attn"] = tok_rate * flops_full / peak
+                if device.type == "cuda":  # this rank's (rank 0's) high-water mark
+                    rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
                 if norm is not None:
                     rec["grad_norm"] = ctx.scalar(norm) if ctx.enabled else float(norm)
                 write_metrics(rec)
