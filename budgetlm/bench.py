@@ -81,7 +81,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     model.ce_kernel = resolve_ce_kernel(ce_kernel, dev, fused_loss)
     model.half_residual = half_residual
     model.set_recompute(recompute)
-    wrapped = ctx.wrap(model)
+    wrapped = ctx.wrap(model, torch.bfloat16 if dtype in ("bf16", "bfloat16") else torch.float32)
     if dev.type == "cuda" and not fused_adam:
         foreach = lambda m, c, d: torch.optim.AdamW(make_optimizer(m, c, d).param_groups, lr=1e-4,
                                                      betas=(0.9, 0.95), foreach=True)

@@ -142,3 +142,42 @@ def test_single_process_rejects_fsdp_and_zero(synth_data, tmp_path):
     for kw in ({"parallel": "fsdp"}, {"zero_stage": 1}):
         with pytest.raises(BudgetLMError, match="torchrun"):
             train(model_config(**MODEL), TrainConfig(**cfg(tmp_path, **kw)), synth_data, **QUIET)
+
+
+def test_fused_adam_steps_return_to_the_parameter_device():
+    """ZeRO's load_state_dict leaves step counts on the CPU; fused AdamW on CUDA then refuses them.
+    Stand-in without a GPU: parameters on the 'meta' device, counts on the CPU."""
+    from types import SimpleNamespace
+    from budgetlm.train.distributed import steps_to_param_device_
+    p = torch.nn.Parameter(torch.ones(3, device="meta"))
+    fused = SimpleNamespace(param_groups=[{"params": [p], "fused": True}], state={p: {"step": torch.tensor(5.0)}})
+    steps_to_param_device_(fused)
+    assert fused.state[p]["step"].device == p.device
+    plain = SimpleNamespace(param_groups=[{"params": [p], "fused": None}], state={p: {"step": torch.tensor(5.0)}})
+    steps_to_param_device_(plain)  # the for-each/for-loop kernels keep counts on the CPU: left there
+    assert plain.state[p]["step"].device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="ZeRO + fused AdamW on CUDA needs a GPU")
+def test_zero1_fused_adam_resumes_on_cuda(tmp_path):
+    """The bug the H200 pair found: a ZeRO-1 checkpoint reloaded, then a fused AdamW step."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from budgetlm.train.distributed import DistContext
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    torch.distributed.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda", 0))
+    try:
+        ctx = DistContext(rank=0, world=2, device=torch.device("cuda", 0), parallel="ddp", zero_stage=1)
+        model = torch.nn.Linear(4, 4).cuda()
+        make = lambda: ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=0.1,
+                                               fused=True)
+        opt = make()
+        model(torch.ones(2, 4, device="cuda")).sum().backward()
+        opt.step()
+        opt.consolidate_state_dict(to=0)
+        state = opt.state_dict()
+        again = make()
+        ctx.load_optimizer_state(model, again, state, "test")
+        again.step()
+        assert all(s["step"].device.type == "cuda" for s in again.optim.state.values())
+    finally:
+        torch.distributed.destroy_process_group()

@@ -160,7 +160,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
             raise BudgetLMError(f"--resume {ckpt}: checkpoint was trained with --budget {state['budget']}, "
                                 f"this run asks for {cfg.budget}")
         load_weights(model, weights, str(ckpt))  # before sharding: every rank loads the full weights
-    ddp_model = ctx.wrap(model)  # DDP wrapper / FSDP-sharded model / the model itself
+    ddp_model = ctx.wrap(model, dtype)  # DDP wrapper / FSDP-sharded model / the model itself
     optimizer = ctx.make_optimizer(model, make_optimizer, cfg, device)
     if state is not None:
         ctx.load_optimizer_state(model, optimizer, state["optimizer"], str(ckpt))  # plain: load_state_dict
