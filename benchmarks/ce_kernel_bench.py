@@ -5,11 +5,14 @@ head (16x2048 tokens, 2048 -> 32,000), forward + backward of the head and loss u
 autocast, CUDA events, median of 20 after warm-up:
 - `compiled plain`: torch.compile of F.linear + padded_cross_entropy (the path before the kernel);
 - `ce kernel`: torch.compile of linear_cross_entropy (the kernel inside the compiled graph);
-- the kernel alone for several block sizes / warp counts, with its effective bandwidth
-  (it reads each row twice and writes it once).
+- `ce kernel, fp8 head`: torch.compile of linear_cross_entropy_fp8 (models/ce_kernel_fp8.py);
+- the head's three matmuls alone, bf16 against FP8 (torch._scaled_mm);
+- the kernel alone for several block sizes / warp counts and both row reductions (block-wide
+  or per lane), with its effective bandwidth (it reads each row twice and writes it once);
+- the FP8 path's two kernels alone (row log-sum-exp, then G and G^T in e5m2 over tiles).
 Correctness: loss and gradients of both against an fp32 reference (fp32 matmuls and loss).
 
-    python benchmarks/ce_kernel_bench.py        # CUDA only; appends rows to results.jsonl
+    python benchmarks/ce_kernel_bench.py [gpt2]   # CUDA only; optional shape-name filter; appends rows to results.jsonl
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import cuda_median_ms, print_table, record  # noqa: E402
+from budgetlm.models import ce_kernel_fp8 as f8  # noqa: E402
 from budgetlm.models.ce_kernel import linear_cross_entropy, loss_and_grad_triton_  # noqa: E402
 from budgetlm.models.transformer import padded_cross_entropy  # noqa: E402
 
@@ -29,7 +33,8 @@ SHAPES = {  # name: (tokens, width, padded vocab, vocab)
     "gpt2-124m 32x1024": (32 * 1024, 768, 50304, 50257),
     "tinyllama-1.1b 16x2048": (16 * 2048, 2048, 32000, 32000),
 }
-CONFIGS = [(1024, 4), (2048, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16), (8192, 32), (16384, 32)]
+CONFIGS = [(2048, 8), (4096, 8), (4096, 16), (8192, 16), (8192, 32), (16384, 32)]
+FP8_TILES = [(64, 128, 8), (64, 256, 8), (32, 256, 4), (128, 128, 8), (64, 64, 4)]  # rows, columns, warps
 
 
 def plain_loss(h, w, t, vocab):
@@ -52,7 +57,10 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("ce_kernel_bench.py needs CUDA")
     rows = []
+    only = sys.argv[1:]
     for name, (n, d, vp, v) in SHAPES.items():
+        if only and not any(s in name for s in only):
+            continue
         g = torch.Generator(device="cuda").manual_seed(0)
         h = (torch.randn(n, d, device="cuda", generator=g)).requires_grad_()
         w = (torch.randn(vp, d, device="cuda", generator=g) * d ** -0.5).requires_grad_()
@@ -60,7 +68,8 @@ def main() -> None:
         t[::97] = -1  # a few ignored positions, as padding would give
         ref = fwd_bwd(plain_loss, h, w, t, v, amp=False)  # fp32 matmuls (TF32 off by default) and loss
         for label, fn in (("compiled plain", torch.compile(plain_loss)),
-                          ("ce kernel (compiled)", torch.compile(linear_cross_entropy))):
+                          ("ce kernel (compiled)", torch.compile(linear_cross_entropy)),
+                          ("ce kernel, fp8 head (compiled)", torch.compile(f8.linear_cross_entropy_fp8))):
             out = fwd_bwd(fn, h, w, t, v)
             ms = cuda_median_ms(lambda: fwd_bwd(fn, h, w, t, v))
             peak0 = torch.cuda.memory_allocated()
@@ -71,15 +80,38 @@ def main() -> None:
                          "loss_rel_err": abs(out[0].item() - ref[0].item()) / ref[0].item(),
                          "grad_h_rel_err": rel(out[1], ref[1]), "grad_w_rel_err": rel(out[2], ref[2])})
             print_table(rows[-1:], list(rows[-1]))
-        logits = (h.detach() @ w.detach().t()).bfloat16()
-        for block, warps in CONFIGS:
-            buf = logits.clone()
-            ms = cuda_median_ms(lambda: loss_and_grad_triton_(buf, t, v, block=block, num_warps=warps))
-            rows.append({"shape": name, "variant": f"kernel alone, block {block}, {warps} warps", "ms": ms,
+        hb, wb = h.detach().bfloat16(), w.detach().bfloat16()
+        logits = hb @ wb.t()
+        x8, sx = f8.quantize_e4m3(hb)
+        w8, sw = f8.quantize_e4m3(wb)
+        g8, x8t, w8t = logits.to(f8.G_DTYPE), x8.t().contiguous(), w8.t().contiguous()
+        g8t, one = g8.t().contiguous(), torch.ones((), device="cuda")
+        flop = 2 * n * d * vp
+        for label, fn in (("matmul bf16: logits", lambda: hb @ wb.t()), ("matmul bf16: d(hidden)", lambda: logits @ wb),
+                          ("matmul bf16: d(W)", lambda: logits.t() @ hb),
+                          ("matmul fp8: logits", lambda: f8.fp8_mm(x8, w8.t(), sx, sw, torch.bfloat16, True)),
+                          ("matmul fp8: d(hidden)", lambda: f8.fp8_mm(g8, w8t.t(), one, sw, torch.bfloat16)),
+                          ("matmul fp8: d(W)", lambda: f8.fp8_mm(g8t, x8t.t(), one, sx, torch.float32))):
+            ms = cuda_median_ms(fn)
+            rows.append({"shape": name, "variant": label, "ms": ms, "tflops": flop / ms / 1e9})
+            print_table(rows[-1:], list(rows[-1]))
+        del g8, g8t
+        for per_lane in (False, True):
+            for block, warps in CONFIGS:
+                buf = logits.clone()
+                ms = cuda_median_ms(lambda: loss_and_grad_triton_(buf, t, v, block=block, num_warps=warps,
+                                                                  per_lane=per_lane))
+                rows.append({"shape": name, "variant": f"kernel alone, block {block}, {warps} warps"
+                             + (", per-lane reduction" if per_lane else ""), "ms": ms,
+                             "gb_per_s": 3 * logits.numel() * logits.element_size() / ms / 1e6})
+                print_table(rows[-1:], list(rows[-1]))
+                del buf
+        for bm, bv, warps in FP8_TILES:  # reads the row twice (bf16), writes G and G^T (e5m2)
+            ms = cuda_median_ms(lambda: f8.grads_fp8_triton(logits, t, v, bm, bv, warps))
+            rows.append({"shape": name, "variant": f"fp8 kernels alone, tile {bm}x{bv}, {warps} warps", "ms": ms,
                          "gb_per_s": 3 * logits.numel() * logits.element_size() / ms / 1e6})
             print_table(rows[-1:], list(rows[-1]))
-            del buf
-        del h, w, logits
+        del h, w, logits, hb, wb
         torch.cuda.empty_cache()
     record("ce-kernel", rows)
 

@@ -1,6 +1,6 @@
 """On CUDA: the fast path (bf16 autocast + torch.compile + fused AdamW + the preferred attention
 kernel, bf16 residual stream), and each variant of it (fp32 residual, FlashAttention-2, the fused
-chunked loss, FP8 matmuls), trained
+chunked loss, FP8 matmuls, the CE kernel with its FP8 head), trained
 50 steps on the same batches as the plain fp32 eager path with the math attention kernel; the
 losses must agree within bf16 tolerance. Appends rows to benchmarks/results.jsonl.
 """
@@ -25,7 +25,7 @@ from budgetlm.train.trainer import make_optimizer  # noqa: E402
 
 
 def run(batches, vocab, fast: bool, fused_loss: bool, steps: int, attn: str = "auto", fp8: str = "off",
-        half_residual: bool = True, ce_kernel: bool = False) -> list[float]:
+        half_residual: bool = True, ce_kernel: bool = False, fp8_head: bool = False) -> list[float]:
     torch.manual_seed(0)
     dev = torch.device("cuda")
     cfg = model_config(n_layer=4, n_head=8, n_embd=256, vocab_size=vocab, block_size=256, vocab_multiple=64,
@@ -35,6 +35,7 @@ def run(batches, vocab, fast: bool, fused_loss: bool, steps: int, attn: str = "a
     set_attention_kernel(model, resolve_attention(attn, dev) if fast else "math")  # plain: fp32 math reference
     model.fused_loss = fused_loss
     model.ce_kernel = ce_kernel and fast
+    model.fp8_head = fp8_head and model.ce_kernel
     model.half_residual = half_residual and fast  # the plain path stays fp32 throughout
     opt = make_optimizer(model, TrainConfig(lr=1e-3), dev) if fast else torch.optim.AdamW(
         make_optimizer(model, TrainConfig(lr=1e-3), torch.device("cpu")).param_groups, lr=1e-3, betas=(0.9, 0.95))
@@ -53,6 +54,7 @@ def run(batches, vocab, fast: bool, fused_loss: bool, steps: int, attn: str = "a
 
 
 def main() -> None:
+    only = sys.argv[1:]  # optional substrings: run only the variants whose names contain one
     if not torch.cuda.is_available():
         sys.exit("needs CUDA: the fast path is a CUDA path")
     texts = generate_stories(3000, seed=0)
@@ -66,7 +68,10 @@ def main() -> None:
                 "fast, fp32 residual stream": {"half_residual": False},
                 "fast, FlashAttention-2": {"attn": "flash"},
                 "fast + fused chunked loss": {"fused_loss": True}, "fast + fp8 tensorwise": {"fp8": "tensorwise"},
-                "fast + fp8 rowwise": {"fp8": "rowwise"}}
+                "fast + fp8 rowwise": {"fp8": "rowwise"},
+                "fast + CE kernel + fp8 head": {"ce_kernel": True, "fp8_head": True}}
+    if only:
+        variants = {k: v for k, v in variants.items() if any(s in k for s in only)}
     results = {}
     for name, kw in variants.items():
         try:

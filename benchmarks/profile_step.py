@@ -1,6 +1,7 @@
 """Where a compiled training step spends its GPU time: kernels from the PyTorch profiler, grouped
 into matmuls, attention, compiler-fused elementwise/reduction kernels (Triton), the optimizer and
-the rest. Tells which lever is left for a model (benchmarks/RESULTS.md §2).
+the rest. Tells which lever is left for a model (benchmarks/RESULTS.md §2). The same steps are
+also timed without the profiler (CUDA events): what the kernels do not fill is idle GPU time.
 
     python benchmarks/profile_step.py --model gpt2-124m --seq 1024 --micro-batch 32 [--fp8 tensorwise]
 """
@@ -17,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import record  # noqa: E402
 from budgetlm.config import TrainConfig, model_config  # noqa: E402
-from budgetlm.device import resolve_attention, resolve_ce_kernel  # noqa: E402
+from budgetlm.device import resolve_attention, resolve_ce_kernel, resolve_fp8_head  # noqa: E402
 from budgetlm.models import build_model  # noqa: E402
 from budgetlm.models.fp8 import enable_fp8  # noqa: E402
 from budgetlm.models.transformer import set_attention_kernel  # noqa: E402
@@ -30,7 +31,7 @@ def group(name: str) -> str:
         return "attention"
     if any(s in n for s in ("gemm", "nvjet", "xmma", "cutlass", "matmul", "_mm_", "scaled_mm")):
         return "matmul"
-    if "loss_and_grad" in n:
+    if "loss_and_grad" in n or "lse_kernel" in n or "grad_fp8" in n:
         return "cross-entropy kernel (models/ce_kernel.py)"
     if "adam" in n or "multi_tensor" in n:
         return "optimizer (AdamW, grad clip)"
@@ -48,6 +49,8 @@ def main() -> None:
     ap.add_argument("--fp8", default="off")
     ap.add_argument("--half-residual", choices=["on", "off"], default="on")
     ap.add_argument("--ce-kernel", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--fp8-head", choices=["on", "off"], default="off")
+    ap.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
     ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -59,14 +62,16 @@ def main() -> None:
     set_attention_kernel(model, resolve_attention(args.attn, dev))
     model.half_residual = args.half_residual == "on"
     model.ce_kernel = resolve_ce_kernel(args.ce_kernel, dev)
+    model.fp8_head = resolve_fp8_head(args.fp8_head, dev, model.ce_kernel)
     opt = make_optimizer(model, TrainConfig(), dev)
     run = torch.compile(model)
     x = torch.randint(0, cfg.vocab_size, (args.micro_batch, args.seq + 1), device=dev)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            _, loss = run(x[:, :-1], x[:, 1:])
-        loss.backward()
+        for _ in range(args.accum):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                _, loss = run(x[:, :-1], x[:, 1:])
+            (loss / args.accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -74,6 +79,13 @@ def main() -> None:
     for _ in range(3):
         step()
     torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(args.steps):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    wall_ms = start.elapsed_time(end) / args.steps
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(args.steps):
@@ -89,8 +101,9 @@ def main() -> None:
         top.append((us, e.key))
     total = sum(groups.values())
     ms = total / 1000 / args.steps
-    print(f"{args.model} seq {args.seq} micro-batch {args.micro_batch} attn {args.attn} fp8 {args.fp8}: "
-          f"{ms:.1f} ms of GPU kernels per step")
+    print(f"{args.model} seq {args.seq} micro-batch {args.micro_batch} x {args.accum} attn {args.attn} fp8 {args.fp8} "
+          f"fp8-head {args.fp8_head}: {ms:.1f} ms of GPU kernels per step; {wall_ms:.1f} ms per step unprofiled, "
+          f"so the GPU idles {max(wall_ms - ms, 0.0):.1f} ms ({max(wall_ms - ms, 0.0) / wall_ms:.1%})")
     rows = []
     for g, us in sorted(groups.items(), key=lambda kv: -kv[1]):
         print(f"  {g:<40}{us / 1000 / args.steps:>8.1f} ms {us / total:>7.1%}")
@@ -99,7 +112,8 @@ def main() -> None:
     for us, k in sorted(top, reverse=True)[:20]:
         print(f"    {us / 1000 / args.steps:>7.2f} ms  {group(k)[:10]:<10} {k[:100]}")
     record("profile-step", rows, model=args.model, seq=args.seq, micro_batch=args.micro_batch, attn=args.attn,
-           fp8=args.fp8, half_residual=args.half_residual, ce_kernel=model.ce_kernel, device=torch.cuda.get_device_name(), torch_version=torch.__version__,
+           fp8=args.fp8, fp8_head=model.fp8_head, accum=args.accum, wall_ms_per_step=wall_ms,
+           half_residual=args.half_residual, ce_kernel=model.ce_kernel, device=torch.cuda.get_device_name(), torch_version=torch.__version__,
            kernel_ms_per_step=ms, top_kernels=[(round(us / 1000 / args.steps, 3), k[:120])
                                                for us, k in sorted(top, reverse=True)[:20]])
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from budgetlm.config import TrainConfig, model_config
-from budgetlm.device import ATTENTION_BACKENDS, autocast_ctx, pick_device, resolve_attention, resolve_ce_kernel, synchronize
+from budgetlm.device import ATTENTION_BACKENDS, autocast_ctx, pick_device, resolve_attention, resolve_ce_kernel, resolve_fp8_head, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.models.fp8 import FP8_RECIPES, enable_fp8
@@ -42,24 +42,27 @@ ABLATION = {
     "fp32 (no bf16 autocast)": {"dtype": "float32", "compile": False},
     "+ fp8 tensorwise": {"fp8": "tensorwise"},  # opt-in pieces: added to the fast path, not taken away
     "+ fp8 rowwise": {"fp8": "rowwise"},
+    "+ fp8 head (CE kernel)": {"fp8_head": "on"},
 }
 
 
 def ablation_settings(model_name: str, attn: str = "auto", fp8: str = "off",
-                      half_residual: bool = True, ce_kernel: bool = True) -> dict[str, dict]:
+                      half_residual: bool = True, ce_kernel: bool = True, fp8_head: bool = False) -> dict[str, dict]:
     """ABLATION without the rows that would change nothing for this model or this fast path."""
     shape = model_config(model_name)
     return {k: v for k, v in ABLATION.items()
             if (shape.kv_heads != shape.n_head or "native_gqa" not in v)
             and ("fp8" not in v or fp8 == "off") and v.get("attn", "-") != attn
-            and (half_residual or "half_residual" not in v) and (ce_kernel or "ce_kernel" not in v)}
+            and (half_residual or "half_residual" not in v) and (ce_kernel or "ce_kernel" not in v)
+            and ("fp8_head" not in v or (ce_kernel and not fp8_head))}
 
 
 def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warmup: int = 5,
               compile: bool = True, fused_loss: bool = True, vocab_multiple: int | None = None, attn: str = "auto",
               fused_adam: bool = True, dtype: str = "bfloat16", recompute: int = 0, device: str = "auto",
               accum: int = 1, compile_mode: str = "default", fp8: str = "off", native_gqa: bool = True,
-              half_residual: bool = True, ce_kernel: str = "auto", ctx: DistContext | None = None,
+              half_residual: bool = True, ce_kernel: str = "auto", fp8_head: str = "off",
+              ctx: DistContext | None = None,
               **model_overrides) -> dict:
     """ms/step, tokens/s, MFU and peak memory of `steps` timed AdamW steps on random tokens; each
     step is `accum` micro-batches (the optimizer step is amortized over them, as in real training).
@@ -79,6 +82,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     set_attention_kernel(model, resolve_attention(attn, dev))
     model.fused_loss = fused_loss
     model.ce_kernel = resolve_ce_kernel(ce_kernel, dev, fused_loss)
+    model.fp8_head = resolve_fp8_head(fp8_head, dev, model.ce_kernel)
     model.half_residual = half_residual
     model.set_recompute(recompute)
     wrapped = ctx.wrap(model, torch.bfloat16 if dtype in ("bf16", "bfloat16") else torch.float32)
@@ -96,9 +100,13 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     if dev.type == "cuda":  # pageable copies would block the host until the GPU is idle
         data = data.pin_memory()
 
+    graphs = compile and compile_mode in ("reduce-overhead", "max-autotune")
+
     def step(i: int) -> None:
         for a in range(accum):
             batch = data[i % len(data), a].to(dev, non_blocking=True)
+            if graphs:  # a new replay per micro-step, as in the trainer
+                torch.compiler.cudagraph_mark_step_begin()
             with ctx.micro_step(last=a == accum - 1), gqa_mode(native_gqa):
                 with amp:
                     _, loss = run(batch[:, :-1], batch[:, 1:])
@@ -149,7 +157,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
             "vocab_multiple": cfg.vocab_multiple, "attn": attn, "fused_adam": fused_adam, "dtype": dtype,
             "recompute": recompute, "steps": steps, "accum": accum, "compile_mode": compile_mode if compile else None,
             "fp8": fp8, "fp8_layers": len(fp8_layers), "native_gqa": native_gqa,
-            "half_residual": half_residual, "ce_kernel": model.ce_kernel}
+            "half_residual": half_residual, "ce_kernel": model.ce_kernel, "fp8_head": model.fp8_head}
 
 
 def max_micro_batch(start: int = 1, limit: int = 1024, **kw) -> tuple[int, dict | None]:
@@ -234,7 +242,7 @@ def _bench_settings(args: argparse.Namespace, ctx: DistContext) -> None:
                 compile=args.compile == "on", fused_loss=args.fused_loss == "on", attn=args.attn,
                 fused_adam=args.fused_adam == "on", dtype=args.dtype, recompute=args.recompute, fp8=args.fp8,
                 native_gqa=args.gqa == "native", half_residual=args.half_residual == "on",
-                ce_kernel=args.ce_kernel, device=args.device or "auto", accum=args.accum, compile_mode=args.compile_mode,
+                ce_kernel=args.ce_kernel, fp8_head=args.fp8_head, device=args.device or "auto", accum=args.accum, compile_mode=args.compile_mode,
                 ctx=ctx)
     say = print if ctx.is_main else (lambda *a, **k: None)
     if args.vocab_multiple is not None:
@@ -252,7 +260,8 @@ def _bench_settings(args: argparse.Namespace, ctx: DistContext) -> None:
         return
     if args.ablation:
         kernel = resolve_ce_kernel(args.ce_kernel, ctx.device, args.fused_loss == "on")
-        settings = ablation_settings(args.model, args.attn, args.fp8, args.half_residual == "on", kernel)
+        settings = ablation_settings(args.model, args.attn, args.fp8, args.half_residual == "on", kernel,
+                                     args.fp8_head == "on")
     else:
         settings = {"as given": {}}
     rows = []
@@ -297,6 +306,8 @@ def register(sub) -> None:
                    help="chunked head+CE (saves memory; the compiled plain loss is faster on H100)")
     p.add_argument("--ce-kernel", choices=["auto", "on", "off"], default="auto",
                    help="loss gradient by one Triton kernel in the forward pass (auto: CUDA with Triton)")
+    p.add_argument("--fp8-head", choices=["on", "off"], default="off",
+                   help="the CE kernel's head matmuls in FP8 (models/ce_kernel_fp8.py; Ada/Hopper)")
     p.add_argument("--fused-adam", choices=["on", "off"], default="on")
     p.add_argument("--vocab-multiple", type=int)
     p.add_argument("--attn", choices=list(ATTENTION_BACKENDS), default="auto",

@@ -125,6 +125,23 @@ def resolve_ce_kernel(setting: str, device: torch.device, fused_loss: bool = Fal
     return setting == "on"
 
 
+def resolve_fp8_head(setting: str, device: torch.device, ce_kernel: bool) -> bool:
+    """Whether the CE kernel's head runs its three matmuls in FP8 (models/ce_kernel_fp8.py).
+    Opt-in, like --fp8: FP8 trades gradient precision (~3e-2 relative) for speed."""
+    from budgetlm.models.fp8 import fp8_supported
+    if setting not in ("on", "off"):
+        raise BudgetLMError(f"--fp8-head: unknown {setting!r} (use on, off)")
+    if setting == "off":
+        return False
+    if not ce_kernel:
+        raise BudgetLMError("--fp8-head on runs inside the CE kernel's head: it needs --ce-kernel auto/on "
+                            "(CUDA with Triton), no --fused-loss and no distillation teacher")
+    if not fp8_supported(device):
+        raise BudgetLMError(f"--fp8-head on needs an NVIDIA GPU with FP8 tensor cores (Ada/Hopper or newer); "
+                            f"the model is on {device}")
+    return True
+
+
 def resolve_attention(name: str, device: torch.device) -> str | None:
     """The attention kernel to ask scaled_dot_product_attention for, or None for PyTorch's own
     order. `auto` picks cuDNN on Hopper: there its fused attention ran 1.3-1.5x faster than

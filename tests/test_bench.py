@@ -85,7 +85,7 @@ def test_max_micro_batch_refuses_torchrun(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = Namespace(model="nano", seq=16, steps=1, warmup=1, compile="off", fused_loss="off", attn="auto",
                      fused_adam="on", dtype="float32", recompute=0, fp8="off", gqa="native", half_residual="on",
-                     ce_kernel="off", device="cpu", accum=1, compile_mode="default", vocab_multiple=None,
+                     ce_kernel="off", fp8_head="off", device="cpu", accum=1, compile_mode="default", vocab_multiple=None,
                      max_micro_batch=True, micro_batch=[2])
     with pytest.raises(BudgetLMError, match="without torchrun"):
         bench._bench_settings(args, DistContext(world=2, parallel="ddp"))

@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from budgetlm.config import ModelConfig
 from budgetlm.models.ce_kernel import linear_cross_entropy
+from budgetlm.models.ce_kernel_fp8 import linear_cross_entropy_fp8
 from budgetlm.models.fused_ce import fused_linear_cross_entropy
 
 
@@ -243,6 +244,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False)
         self.fused_loss = False  # chunked head + cross-entropy (models/fused_ce.py); set by the trainer
         self.ce_kernel = False  # head + cross-entropy with the gradient kernel (models/ce_kernel.py); set by the trainer
+        self.fp8_head = False  # with ce_kernel: the head's matmuls in FP8 (models/ce_kernel_fp8.py); set by the trainer
         self.half_residual = False  # keep the residual stream in the autocast dtype; set by the trainer
         self.recompute = 0  # 0: keep all activations; 1: recompute MLPs; 2: recompute whole blocks
         finish_stack(self, cfg)
@@ -309,7 +311,8 @@ class GPT(nn.Module):
         if targets is not None and self.fused_loss:
             return None, fused_linear_cross_entropy(h.view(-1, h.size(-1)), self.lm_head.weight, targets, V)
         if targets is not None and self.ce_kernel:
-            return None, linear_cross_entropy(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets, V)
+            head = linear_cross_entropy_fp8 if self.fp8_head else linear_cross_entropy
+            return None, head(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets, V)
         logits = self.lm_head(h)
         loss = None
         if targets is not None:

@@ -20,7 +20,7 @@ from budgetlm.config import ModelConfig, RunInfo, TrainConfig, to_dict
 from budgetlm.data.loader import BatchLoader
 from budgetlm.data.prepare import data_tokenizer, load_meta
 from budgetlm.data.shards import load_pattern, load_split
-from budgetlm.device import autocast_ctx, resolve_attention, resolve_ce_kernel, resolve_cuda_graphs, resolve_half_residual, pick_device, pick_dtype, set_threads, should_compile, synchronize
+from budgetlm.device import autocast_ctx, resolve_attention, resolve_ce_kernel, resolve_cuda_graphs, resolve_fp8_head, resolve_half_residual, pick_device, pick_dtype, set_threads, should_compile, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.eval.perplexity import evaluate
 from budgetlm.models import build_model
@@ -179,6 +179,9 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
         model.fused_loss = cfg.fused_loss == "on" and loss_hook is None
     if hasattr(model, "ce_kernel"):  # like the chunked loss, it forms no logits for a distillation hook
         model.ce_kernel = resolve_ce_kernel(cfg.ce_kernel, device, cfg.fused_loss == "on") and loss_hook is None
+        model.fp8_head = resolve_fp8_head(cfg.fp8_head, device, model.ce_kernel)
+    elif cfg.fp8_head == "on":
+        raise BudgetLMError(f"--fp8-head on: the {model_cfg.arch} model has no CE-kernel head")
     n_params = model.num_params() if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
     peak = _device_peak(device)
     compiled = should_compile(cfg.compile, device)
@@ -245,7 +248,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
 
     log(f"model: {n_params:,} params ({model_cfg.n_layer} layers, {model_cfg.n_embd} wide, {model_cfg.n_head} heads, "
         f"vocab {model_cfg.vocab_size}) | device {device.type} {str(dtype).replace('torch.', '')} | threads {threads} "
-        f"| compile {('on, CUDA graphs' if graphs else 'on') if compiled else 'off'}{f' | fp8 {cfg.fp8} ({len(fp8_layers)} Linears)' if fp8_layers else ''} | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
+        f"| compile {('on, CUDA graphs' if graphs else 'on') if compiled else 'off'}{f' | fp8 {cfg.fp8} ({len(fp8_layers)} Linears)' if fp8_layers else ''}{' | fp8 head' if getattr(model, 'fp8_head', False) else ''} | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
         f"{f'x{ctx.world} ranks ({ctx.parallel}' + (', zero1)' if ctx.zero_stage else ')') if ctx.enabled else ''} "
         f"| budget {budget} | data {meta['train_tokens']:,} train tokens")
 
