@@ -25,11 +25,12 @@ except ImportError:  # CPU wheels ship without Triton: the PyTorch version of th
     triton = None
 
 IGNORE_INDEX = -1
-# From a sweep on an H100 (benchmarks/ce_kernel_bench.py): for 32,000-wide rows 16384/32 took
-# 1.66 ms against 2.18 ms at 4096/8; for 50,304-wide rows all settings were within 8% (3.46-3.72 ms).
-BLOCK = 16384
-NUM_WARPS = 32
-PER_LANE = False  # the row reduction's variant (see _row_lse)
+# From sweeps (benchmarks/ce_kernel_bench.py): on an H200, 50,304-wide rows (GPT-2 32x1024) took
+# 2.64 ms with the per-lane reduction at 4096/16 against 3.47 ms at 16384/32 block-wide, the H100's
+# choice (there 32,000-wide rows took 1.66 ms at 16384/32 and 2.18 at 4096/8).
+BLOCK = 4096
+NUM_WARPS = 16
+PER_LANE = True  # the row reduction's variant (see _row_lse)
 
 
 def triton_ready(device: torch.device) -> bool:

@@ -29,8 +29,9 @@ E4M3_MAX = 448.0
 G_SCALE = 2.0 ** 15  # |softmax - onehot| <= 1, e5m2 tops out at 57,344
 G_DTYPE = torch.float8_e5m2
 X_DTYPE = torch.float8_e4m3fn
-# Tile of the gradient kernel: 64 rows make the transposed store 64 contiguous bytes.
-BLOCK_ROWS, BLOCK_COLS, NUM_WARPS = 64, 128, 8
+# Tile of the gradient kernel (rows, columns, warps): the fastest of five on an H200 for the GPT-2
+# head, 5.5 ms for both kernels against 5.9-8.5 (benchmarks/RESULTS.md §2).
+BLOCK_ROWS, BLOCK_COLS, NUM_WARPS = 64, 64, 4
 
 
 def fp8_head_fits(rows: int, width: int, vocab_padded: int) -> bool:
@@ -76,21 +77,33 @@ if triton is not None:
         tl.store(gt_ptr + c.to(tl.int64)[:, None] * rows + r[None, :], tl.trans(g8), mask=tl.trans(ok))
 
 
-def grads_fp8_triton(logits: Tensor, targets: Tensor, vocab: int, block_rows: int = BLOCK_ROWS,
-                     block_cols: int = BLOCK_COLS, num_warps: int = NUM_WARPS) -> tuple[Tensor, Tensor, Tensor]:
-    """(per-row losses, G in e5m2 (N x W), G^T in e5m2 (W x N)) with G = (softmax - onehot) * G_SCALE."""
+def row_lse_triton(logits: Tensor, targets: Tensor, vocab: int) -> tuple[Tensor, Tensor]:
+    """(log-sum-exp, loss) of every row, with the CE kernel's row reduction and settings."""
     from budgetlm.models import ce_kernel as row
-    rows, width = logits.shape
-    lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    lse = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
     losses = torch.empty_like(lse)
-    _lse_kernel[(rows,)](logits, targets, lse, losses, logits.stride(0), vocab, BLOCK=row.BLOCK,
-                         PER_LANE=row.PER_LANE, num_warps=row.NUM_WARPS)
+    _lse_kernel[(logits.size(0),)](logits, targets, lse, losses, logits.stride(0), vocab, BLOCK=row.BLOCK,
+                                   PER_LANE=row.PER_LANE, num_warps=row.NUM_WARPS)
+    return lse, losses
+
+
+def grad_fp8_triton(logits: Tensor, lse: Tensor, targets: Tensor, vocab: int, block_rows: int = BLOCK_ROWS,
+                    block_cols: int = BLOCK_COLS, num_warps: int = NUM_WARPS) -> tuple[Tensor, Tensor]:
+    """G in e5m2 (N x W) and G^T in e5m2 (W x N), G = (softmax - onehot) * G_SCALE."""
+    rows, width = logits.shape
     g = torch.empty(rows, width, dtype=G_DTYPE, device=logits.device)
     gt = torch.empty(width, rows, dtype=G_DTYPE, device=logits.device)
     grid = (triton.cdiv(rows, block_rows), triton.cdiv(width, block_cols))
     _grad_fp8_kernel[grid](logits, lse, targets, g, gt, rows, vocab, width, logits.stride(0), G_SCALE,
                            BM=block_rows, BV=block_cols, num_warps=num_warps)
-    return losses, g, gt
+    return g, gt
+
+
+def grads_fp8_triton(logits: Tensor, targets: Tensor, vocab: int, block_rows: int = BLOCK_ROWS,
+                     block_cols: int = BLOCK_COLS, num_warps: int = NUM_WARPS) -> tuple[Tensor, Tensor, Tensor]:
+    """(per-row losses, G, G^T): the two kernels one after the other."""
+    lse, losses = row_lse_triton(logits, targets, vocab)
+    return (losses, *grad_fp8_triton(logits, lse, targets, vocab, block_rows, block_cols, num_warps))
 
 
 def grads_fp8_torch(logits: Tensor, targets: Tensor, vocab: int) -> tuple[Tensor, Tensor, Tensor]:
