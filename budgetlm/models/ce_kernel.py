@@ -40,8 +40,10 @@ def triton_ready(device: torch.device) -> bool:
 
 if triton is not None:
     @triton.jit
-    def _row_lse(base, vocab, BLOCK: tl.constexpr, PER_LANE: tl.constexpr = False):
-        """log-sum-exp of the first `vocab` entries of the row at `base` (online softmax).
+    def _row_lse(base, vocab, width, BLOCK: tl.constexpr, PER_LANE: tl.constexpr = False):
+        """log-sum-exp of the first `vocab` of the `width` entries of the row at `base` (online
+        softmax). Loads are masked at the padded width, a multiple of 16 that keeps them vectorized
+        (an odd vocabulary would not); columns past `vocab` are then set aside.
         PER_LANE=False: a block-wide max and sum every BLOCK columns. PER_LANE=True: each lane keeps
         its own running max and sum, reduced once at the end, with one exp per element (of the two
         exps of the update, one is exp(0)); masked lanes read -1e30, which adds 0 to any real row."""
@@ -49,9 +51,10 @@ if triton is not None:
         if PER_LANE:
             m = tl.full([BLOCK], -1e30, tl.float32)
             s = tl.zeros([BLOCK], tl.float32)
-            for start in range(0, vocab, BLOCK):
+            for start in range(0, width, BLOCK):
                 offs = start + cols
-                x = tl.load(base + offs, mask=offs < vocab, other=-1e30).to(tl.float32)
+                x = tl.load(base + offs, mask=offs < width, other=-1e30).to(tl.float32)
+                x = tl.where(offs < vocab, x, -1e30)
                 e = tl.exp(-tl.abs(x - m))
                 s = tl.where(x > m, s * e + 1.0, s + e)
                 m = tl.maximum(m, x)
@@ -60,9 +63,10 @@ if triton is not None:
         else:
             m_row = float("-inf")
             s_row = 0.0
-            for start in range(0, vocab, BLOCK):
+            for start in range(0, width, BLOCK):
                 offs = start + cols
-                x = tl.load(base + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
+                x = tl.load(base + offs, mask=offs < width, other=float("-inf")).to(tl.float32)
+                x = tl.where(offs < vocab, x, float("-inf"))
                 m_new = tl.maximum(m_row, tl.max(x, 0))
                 s_row = s_row * tl.exp(m_row - m_new) + tl.sum(tl.exp(x - m_new), 0)
                 m_row = m_new
@@ -78,14 +82,15 @@ if triton is not None:
         base = logits_ptr + row * stride
         target = tl.load(targets_ptr + row).to(tl.int64)
         cols = tl.arange(0, BLOCK)
-        lse = _row_lse(base, vocab, BLOCK, PER_LANE)
+        lse = _row_lse(base, vocab, width, BLOCK, PER_LANE)
         valid = target != -1
         x_target = tl.load(base + tl.maximum(target, 0)).to(tl.float32)
         tl.store(loss_ptr + row, tl.where(valid, lse - x_target, 0.0))
         keep = valid.to(tl.float32)
         for start in range(0, width, BLOCK):
             offs = start + cols
-            x = tl.load(base + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
+            x = tl.load(base + offs, mask=offs < width, other=float("-inf")).to(tl.float32)
+            x = tl.where(offs < vocab, x, float("-inf"))
             grad = (tl.exp(x - lse) - (offs == target).to(tl.float32)) * keep
             tl.store(base + offs, grad.to(logits_ptr.dtype.element_ty), mask=offs < width)
 

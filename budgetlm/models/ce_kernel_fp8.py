@@ -45,12 +45,12 @@ if triton is not None:
     from budgetlm.models.ce_kernel import _row_lse
 
     @triton.jit
-    def _lse_kernel(logits_ptr, targets_ptr, lse_ptr, loss_ptr, stride, vocab, BLOCK: tl.constexpr,
+    def _lse_kernel(logits_ptr, targets_ptr, lse_ptr, loss_ptr, stride, vocab, width, BLOCK: tl.constexpr,
                     PER_LANE: tl.constexpr):
         """One program per row: its log-sum-exp and loss (0 for ignored targets)."""
         row = tl.program_id(0).to(tl.int64)
         base = logits_ptr + row * stride
-        lse = _row_lse(base, vocab, BLOCK, PER_LANE)
+        lse = _row_lse(base, vocab, width, BLOCK, PER_LANE)
         target = tl.load(targets_ptr + row).to(tl.int64)
         x_target = tl.load(base + tl.maximum(target, 0)).to(tl.float32)
         tl.store(lse_ptr + row, lse)
@@ -65,16 +65,18 @@ if triton is not None:
         c = tl.program_id(1) * BV + tl.arange(0, BV)
         r_ok, c_ok = r < rows, c < width
         r64 = r.to(tl.int64)
-        x = tl.load(logits_ptr + r64[:, None] * stride + c[None, :],
-                    mask=r_ok[:, None] & (c[None, :] < vocab), other=float("-inf")).to(tl.float32)
+        # masked at the padded width (vectorized loads), then the padding columns set aside
+        x = tl.load(logits_ptr + r64[:, None] * stride + c[None, :], mask=r_ok[:, None] & c_ok[None, :],
+                    other=float("-inf")).to(tl.float32)
+        x = tl.where(c[None, :] < vocab, x, float("-inf"))
         lse = tl.load(lse_ptr + r, mask=r_ok, other=0.0)
         t = tl.load(targets_ptr + r, mask=r_ok, other=-1)
         keep = (t != -1).to(tl.float32) * scale
         g = (tl.exp(x - lse[:, None]) - (c[None, :] == t[:, None]).to(tl.float32)) * keep[:, None]
         g8 = g.to(g_ptr.dtype.element_ty)
-        ok = r_ok[:, None] & c_ok[None, :]
-        tl.store(g_ptr + r64[:, None] * width + c[None, :], g8, mask=ok)
-        tl.store(gt_ptr + c.to(tl.int64)[:, None] * rows + r[None, :], tl.trans(g8), mask=tl.trans(ok))
+        tl.store(g_ptr + r64[:, None] * width + c[None, :], g8, mask=r_ok[:, None] & c_ok[None, :])
+        tl.store(gt_ptr + c.to(tl.int64)[:, None] * rows + r[None, :], tl.trans(g8),
+                 mask=c_ok[:, None] & r_ok[None, :])
 
 
 def row_lse_triton(logits: Tensor, targets: Tensor, vocab: int) -> tuple[Tensor, Tensor]:
@@ -82,7 +84,8 @@ def row_lse_triton(logits: Tensor, targets: Tensor, vocab: int) -> tuple[Tensor,
     from budgetlm.models import ce_kernel as row
     lse = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
     losses = torch.empty_like(lse)
-    _lse_kernel[(logits.size(0),)](logits, targets, lse, losses, logits.stride(0), vocab, BLOCK=row.BLOCK,
+    _lse_kernel[(logits.size(0),)](logits, targets, lse, losses, logits.stride(0), vocab, logits.size(1),
+                                   BLOCK=row.BLOCK,
                                    PER_LANE=row.PER_LANE, num_warps=row.NUM_WARPS)
     return lse, losses
 
