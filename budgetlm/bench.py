@@ -101,6 +101,9 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
         data = data.pin_memory()
 
     graphs = compile and compile_mode in ("reduce-overhead", "max-autotune")
+    if graphs and accum > 1:  # see device.resolve_cuda_graphs
+        raise BudgetLMError(f"--compile-mode {compile_mode} (CUDA graphs) does not run with --accum {accum}: "
+                            "the graphs' replays overwrite tensors the accumulated gradients need")
 
     def step(i: int) -> None:
         for a in range(accum):

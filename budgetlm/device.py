@@ -83,17 +83,24 @@ CUDA_GRAPHS_MAX_PARAMS = 20_000_000
 
 
 def resolve_cuda_graphs(setting: str, device: torch.device, compiled: bool, n_params: int,
-                        distributed: bool) -> bool:
+                        distributed: bool, accum: int = 1) -> bool:
     """Whether to compile with CUDA graphs (torch.compile mode "reduce-overhead"): the step's
-    kernels replay as one launch. `auto`: on for small models trained compiled on one CUDA GPU."""
+    kernels replay as one launch. `auto`: on for small models trained compiled on one CUDA GPU
+    without gradient accumulation: with two or more micro-batches per step the second replay
+    overwrote a tensor the first one's gradients still needed (torch 2.11, H200: a RuntimeError
+    from CUDA-graph trees in the trainer and in bench, benchmarks/RESULTS.md §2)."""
     if setting not in ("auto", "on", "off"):
         raise BudgetLMError(f"--cuda-graphs: unknown {setting!r} (use auto, on, off)")
     if setting == "on" and not (device.type == "cuda" and compiled):
         raise BudgetLMError("--cuda-graphs on needs a CUDA device and compilation (--compile auto/on)")
     if setting == "on" and distributed:
         raise BudgetLMError("--cuda-graphs on is not supported with DDP/FSDP (one process only)")
+    if setting == "on" and accum > 1:
+        raise BudgetLMError(f"--cuda-graphs on is not supported with gradient accumulation ({accum} micro-batches "
+                            "per step): lower --total-batch-tokens to one micro-batch, or use --cuda-graphs off")
     if setting == "auto":
-        return device.type == "cuda" and compiled and not distributed and n_params < CUDA_GRAPHS_MAX_PARAMS
+        return (device.type == "cuda" and compiled and not distributed and accum == 1
+                and n_params < CUDA_GRAPHS_MAX_PARAMS)
     return setting == "on"
 
 

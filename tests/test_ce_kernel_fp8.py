@@ -137,7 +137,7 @@ INTERPRETED = textwrap.dedent("""
     import triton.runtime.errors
     from budgetlm.models import ce_kernel as ck, ce_kernel_fp8 as f8
     torch.manual_seed(0)
-    ck.BLOCK, ck.NUM_WARPS = 64, 4  # small rows: several loop trips per row
+    f8.LSE_BLOCK, f8.LSE_WARPS = 64, 4  # small blocks: several loop trips per row
     for per_lane in (False, True):
         ck.PER_LANE = per_lane
         x = (torch.randn(48, 320) * 3).bfloat16()

@@ -32,6 +32,8 @@ X_DTYPE = torch.float8_e4m3fn
 # Tile of the gradient kernel (rows, columns, warps): the fastest of five on an H200 for the GPT-2
 # head, 5.5 ms for both kernels against 5.9-8.5 (benchmarks/RESULTS.md §2).
 BLOCK_ROWS, BLOCK_COLS, NUM_WARPS = 64, 64, 4
+# The row log-sum-exp kernel (one read of each row): block and warps, as the CE kernel's.
+LSE_BLOCK, LSE_WARPS = 2048, 8
 
 
 def fp8_head_fits(rows: int, width: int, vocab_padded: int) -> bool:
@@ -79,14 +81,15 @@ if triton is not None:
                  mask=c_ok[:, None] & r_ok[None, :])
 
 
-def row_lse_triton(logits: Tensor, targets: Tensor, vocab: int) -> tuple[Tensor, Tensor]:
-    """(log-sum-exp, loss) of every row, with the CE kernel's row reduction and settings."""
+def row_lse_triton(logits: Tensor, targets: Tensor, vocab: int, block: int | None = None,
+                   num_warps: int | None = None) -> tuple[Tensor, Tensor]:
+    """(log-sum-exp, loss) of every row, with the CE kernel's row reduction."""
     from budgetlm.models import ce_kernel as row
     lse = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
     losses = torch.empty_like(lse)
     _lse_kernel[(logits.size(0),)](logits, targets, lse, losses, logits.stride(0), vocab, logits.size(1),
-                                   BLOCK=row.BLOCK,
-                                   PER_LANE=row.PER_LANE, num_warps=row.NUM_WARPS)
+                                   BLOCK=block or LSE_BLOCK, PER_LANE=row.PER_LANE,
+                                   num_warps=num_warps or LSE_WARPS)
     return lse, losses
 
 

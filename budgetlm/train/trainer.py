@@ -185,7 +185,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     n_params = model.num_params() if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
     peak = _device_peak(device)
     compiled = should_compile(cfg.compile, device)
-    graphs = resolve_cuda_graphs(cfg.cuda_graphs, device, compiled, n_params, ctx.enabled)
+    graphs = resolve_cuda_graphs(cfg.cuda_graphs, device, compiled, n_params, ctx.enabled, accum)
     run_model = (torch.compile(ddp_model, mode="reduce-overhead") if graphs else torch.compile(ddp_model)) \
         if compiled else ddp_model
     autocast = autocast_ctx(device, dtype)
