@@ -26,7 +26,11 @@ autocast, AdamW), so it can be checked against torch.cuda.max_memory_allocated
                          saved fp32 d(hidden), d(weight). Cross-entropy kernel (models/ce_kernel.py,
                          the CUDA default): the bf16 logits, overwritten by their gradient in the
                          forward pass and kept for the backward (2 B/element), plus the backward's
-                         d(hidden), d(weight) and their scaled copies in bf16.
+                         d(hidden), d(weight) and their scaled copies in bf16. Its FP8 head
+                         (models/ce_kernel_fp8.py, opt-in): G and G^T in e5m2 kept for the backward
+                         (2 B/element) and the bf16 logits beside them while they are written
+                         (2 B/element more at the peak: +3.2 GB measured at GPT-2 32x1024), plus
+                         the e4m3 copies of hidden and head weight in both layouts.
   overhead               fixed CUDA context, cuBLAS workspace and allocator slack; not part of
                          max_memory_allocated, but part of what must fit on the card
 torch.compile fuses elementwise ops and saves less (15-40% below this estimate, measured), so
@@ -141,10 +145,12 @@ def layer_activation_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "bfloat1
 
 
 def loss_head_bytes(cfg: ModelConfig, tokens: int, dtype: str = "bfloat16", fused_loss: bool = False,
-                    chunk_rows: int = 4096, ce_kernel: bool = False) -> float:
+                    chunk_rows: int = 4096, ce_kernel: bool = False, fp8_head: bool = False) -> float:
     """Peak bytes of the LM head + cross-entropy for `tokens` rows (see the module docstring)."""
     a, r = _act_bytes(dtype)
     V, Vp, d = cfg.vocab_size, cfg.padded_vocab, cfg.n_embd
+    if ce_kernel and fp8_head and not fused_loss:
+        return tokens * Vp * (2 + 2) + 2 * (tokens + Vp) * d + a * tokens * d + 4 * Vp * d
     if ce_kernel and not fused_loss:
         return tokens * a * Vp + 2 * a * (tokens + Vp) * d
     if not fused_loss:
@@ -159,7 +165,8 @@ def loss_head_bytes(cfg: ModelConfig, tokens: int, dtype: str = "bfloat16", fuse
 def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str = "bfloat16",
                     sharding: str = "none", n_gpus: int = 1, recompute: bool | int = False,
                     attention: str = "flash", fused_loss: bool = False,
-                    overhead: float = OVERHEAD_BYTES, ce_kernel: bool = False) -> dict[str, float]:
+                    overhead: float = OVERHEAD_BYTES, ce_kernel: bool = False,
+                    fp8_head: bool = False) -> dict[str, float]:
     """Peak bytes per GPU for one training step, by part (see the module docstring).
 
     recompute: False/0 off, 1 MLPs, True/2 whole blocks (TrainConfig.recompute).
@@ -190,7 +197,7 @@ def memory_estimate(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: str
     kept = {0: per["total"], 1: per["attention"] + r * cfg.n_embd, 2: r * cfg.n_embd}[level]
     redo = {0: 0.0, 1: per["mlp"], 2: per["total"]}[level]  # one layer rebuilt during its backward
     out["activations"] = tokens * (cfg.n_layer * kept + redo + head)
-    out["logits"] = loss_head_bytes(cfg, tokens, dtype, fused_loss, ce_kernel=ce_kernel)
+    out["logits"] = loss_head_bytes(cfg, tokens, dtype, fused_loss, ce_kernel=ce_kernel, fp8_head=fp8_head)
     out["overhead"] = float(overhead)
     out["allocated"] = sum(v for k, v in out.items() if k != "overhead")
     out["total"] = out["allocated"] + out["overhead"]

@@ -1,6 +1,9 @@
 """Shared fixtures; `slow` tests run with --runslow (or BUDGETLM_SLOW=1), `gpu` tests need CUDA."""
 
+import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +39,20 @@ def stories_path():
     if not SHARED_STORIES.is_file():
         pytest.skip(f"shared TinyStories sample not found at {SHARED_STORIES}")
     return SHARED_STORIES
+
+
+@pytest.fixture
+def run_interpreted():
+    """Run a script under Triton's interpreter (TRITON_INTERPRET=1 is read when a kernel is
+    decorated, hence a fresh process); it must print "ok". Skips where Triton is absent (CPU wheels)
+    or where the script exits 77 because the interpreter cannot run here."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed (CPU wheels)")
+
+    def run(script: str) -> None:
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        if r.returncode == 77:
+            pytest.skip(r.stdout.strip())
+        assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+    return run
