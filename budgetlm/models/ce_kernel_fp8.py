@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from budgetlm.models.ce_kernel import IGNORE_INDEX, triton, triton_ready
+from budgetlm.models import ce_kernel
+from budgetlm.models.ce_kernel import IGNORE_INDEX, linear_cross_entropy, loss_and_grad_torch_, triton, triton_ready
 
 E4M3_MAX = 448.0
 G_SCALE = 2.0 ** 15  # |softmax - onehot| <= 1, e5m2 tops out at 57,344
@@ -84,11 +85,10 @@ if triton is not None:
 def row_lse_triton(logits: Tensor, targets: Tensor, vocab: int, block: int | None = None,
                    num_warps: int | None = None) -> tuple[Tensor, Tensor]:
     """(log-sum-exp, loss) of every row, with the CE kernel's row reduction."""
-    from budgetlm.models import ce_kernel as row
     lse = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
     losses = torch.empty_like(lse)
     _lse_kernel[(logits.size(0),)](logits, targets, lse, losses, logits.stride(0), vocab, logits.size(1),
-                                   BLOCK=block or LSE_BLOCK, PER_LANE=row.PER_LANE,
+                                   BLOCK=block or LSE_BLOCK, PER_LANE=ce_kernel.PER_LANE,
                                    num_warps=num_warps or LSE_WARPS)
     return lse, losses
 
@@ -113,16 +113,11 @@ def grads_fp8_triton(logits: Tensor, targets: Tensor, vocab: int, block_rows: in
 
 
 def grads_fp8_torch(logits: Tensor, targets: Tensor, vocab: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The kernels' contract in PyTorch (fp32 math), for CPU and tests."""
-    x = logits.float()
-    x[:, vocab:] = float("-inf")
-    valid = targets != IGNORE_INDEX
-    t = targets.clamp(min=0).unsqueeze(1)
-    lse = torch.logsumexp(x, dim=1)
-    losses = (lse - x.gather(1, t).squeeze(1)) * valid
-    g = torch.exp(x - lse.unsqueeze(1))
-    g.scatter_add_(1, t, -torch.ones_like(t, dtype=g.dtype))
-    g8 = (g * (valid.unsqueeze(1) * G_SCALE)).to(G_DTYPE)
+    """The kernels' contract in PyTorch (fp32 math), for CPU and tests: the bf16 kernel's PyTorch
+    version on an fp32 copy, then scaled and cast."""
+    g = logits.float().clone()
+    losses = loss_and_grad_torch_(g, targets, vocab)
+    g8 = (g * G_SCALE).to(G_DTYPE)
     return losses, g8, g8.t().contiguous()
 
 
@@ -188,7 +183,6 @@ def linear_cross_entropy_fp8(hidden: Tensor, weight: Tensor, targets: Tensor, vo
     the head's matmuls in FP8. hidden (N, d) as the stream gives it (bf16 under autocast), weight
     (V_padded, d) the fp32 master: both are quantized directly, and their gradients come back in
     their own dtypes. Shapes FP8 cannot take (a dimension not a multiple of 16) run the bf16 head."""
-    from budgetlm.models.ce_kernel import linear_cross_entropy
     targets = targets.reshape(-1)
     if not fp8_head_fits(hidden.size(0), hidden.size(1), weight.size(0)):
         return linear_cross_entropy(hidden, weight, targets, vocab)
