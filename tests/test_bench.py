@@ -89,3 +89,9 @@ def test_max_micro_batch_refuses_torchrun(monkeypatch: pytest.MonkeyPatch) -> No
                      max_micro_batch=True, micro_batch=[2])
     with pytest.raises(BudgetLMError, match="without torchrun"):
         bench._bench_settings(args, DistContext(world=2, parallel="ddp"))
+
+
+def test_bench_refuses_cuda_graph_modes_with_accumulation() -> None:
+    with pytest.raises(BudgetLMError, match="does not run with --accum 2"):
+        bench.bench_one("nano", seq=16, micro_batch=2, steps=1, warmup=1, device="cpu", dtype="float32",
+                        fused_loss=False, accum=2, compile_mode="reduce-overhead")

@@ -189,3 +189,12 @@ def test_memory_model_counts_the_fp8_heads_extra_logit_bytes():
     # Measured on an H200 (bench, 32x1024x4): peak 15.5 GB with the bf16 head, 18.7 GB with the FP8 head.
     assert 2.8e9 < fp8 - bf16 < 3.6e9
     assert loss_head_bytes(cfg, tokens, fp8_head=True) == loss_head_bytes(cfg, tokens)  # only with the kernel
+
+
+def test_trainer_rejects_the_fp8_head_for_a_model_without_the_kernel_head(synth_data, tmp_path):
+    from budgetlm.config import TrainConfig
+    from budgetlm.train.trainer import train
+    cfg = TrainConfig(budget="2-steps", batch_size=2, seq_len=16, out_dir=str(tmp_path), progress=False,
+                      device="cpu", compile="off", fp8_head="on")
+    with pytest.raises(BudgetLMError, match="the lstm model has no CE-kernel head"):
+        train(model_config(arch="lstm", n_layer=1, n_embd=16), cfg, synth_data, log=lambda *_: None)
