@@ -40,6 +40,32 @@ def group(name: str) -> str:
     return "other (copies, casts, embedding, ...)"
 
 
+GAP_BUCKETS = ((0, 5), (5, 50), (50, 500), (500, float("inf")))  # microseconds
+
+
+def idle_gaps(prof, steps: int) -> dict:
+    """Where the GPU waits between kernels in the profiled steps: each gap is a kernel's start minus
+    the latest end before it. Many small gaps mean launch-bound runs of short kernels (fusion or
+    CUDA graphs help); a few large ones mean the GPU waits on the host (a sync, Python work)."""
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                   if e.device_type.name == "CUDA")
+    buckets = {f"{lo:g}-{hi:g} us": {"count": 0.0, "ms": 0.0} for lo, hi in GAP_BUCKETS}
+    largest, end, prev = [], None, ""
+    for start, stop, name in spans:
+        if end is not None and start > end:
+            gap = start - end
+            for (lo, hi), b in zip(GAP_BUCKETS, buckets.values()):
+                if lo <= gap < hi:
+                    b["count"] += 1 / steps
+                    b["ms"] += gap / 1000 / steps
+            largest.append((gap, prev, name))
+        if end is None or stop > end:
+            end, prev = stop, name
+    largest = sorted(largest, reverse=True)[:10]
+    return {"total_ms": sum(b["ms"] for b in buckets.values()), "buckets": buckets,
+            "largest": [(round(g), a[:100], b[:100]) for g, a, b in largest]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="gpt2-124m")
@@ -111,7 +137,12 @@ def main() -> None:
     print("  top kernels:")
     for us, k in sorted(top, reverse=True)[:20]:
         print(f"    {us / 1000 / args.steps:>7.2f} ms  {group(k)[:10]:<10} {k[:100]}")
-    record("profile-step", rows, model=args.model, seq=args.seq, micro_batch=args.micro_batch, attn=args.attn,
+    gaps = idle_gaps(prof, args.steps)
+    print(f"  gaps between kernels (profiled, per step): {gaps['total_ms']:.1f} ms in all; "
+          + ", ".join(f"{k}: {v['count']:.0f} gaps, {v['ms']:.2f} ms" for k, v in gaps["buckets"].items()))
+    for g_us, before, after in gaps["largest"]:
+        print(f"    {g_us:>8.0f} us after {before[:60]} before {after[:60]}")
+    record("profile-step", rows, idle_gaps=gaps, model=args.model, seq=args.seq, micro_batch=args.micro_batch, attn=args.attn,
            fp8=args.fp8, fp8_head=model.fp8_head, accum=args.accum, wall_ms_per_step=wall_ms,
            half_residual=args.half_residual, ce_kernel=model.ce_kernel, device=torch.cuda.get_device_name(), torch_version=torch.__version__,
            kernel_ms_per_step=ms, top_kernels=[(round(us / 1000 / args.steps, 3), k[:120])
