@@ -33,8 +33,6 @@ X_DTYPE = torch.float8_e4m3fn
 # Tile of the gradient kernel (rows, columns, warps): the fastest of seven on an H200 for the GPT-2
 # head, 2.91 ms against 3.14-3.51 (benchmarks/RESULTS.md §2, sixth pass).
 BLOCK_ROWS, BLOCK_COLS, NUM_WARPS = 64, 64, 4
-GROUP = (1, 1)  # tiles per program group (row blocks, column blocks); see _grad_fp8_kernel
-TRANS_F32 = False
 # The row log-sum-exp kernel (one read of each row): 1.21 ms there, 1.17-1.41 over five settings.
 LSE_BLOCK, LSE_WARPS = 2048, 8
 # The one-kernel version's tile (rows, columns, warps) and whether the head uses it.
@@ -66,20 +64,11 @@ if triton is not None:
 
     @triton.jit
     def _grad_fp8_kernel(logits_ptr, lse_ptr, targets_ptr, g_ptr, gt_ptr, rows, vocab, width, stride, scale,
-                         BM: tl.constexpr, BV: tl.constexpr, SR: tl.constexpr, SC: tl.constexpr,
-                         TRANS_F32: tl.constexpr):
+                         BM: tl.constexpr, BV: tl.constexpr):
         """G = (softmax - onehot) * scale over a (BM rows, BV columns) tile, stored as G and G^T;
-        zero on padding columns and ignored rows. Programs run in groups of SR x SC tiles (row
-        blocks first), groups down the rows first: with SR = SC = 1 a wave of programs reads one
-        column window of many rows, with larger groups each row's reads and each G^T row's writes
-        come in longer runs. TRANS_F32: transpose before the cast to e5m2, not after."""
-        pid = tl.program_id(0)
-        n_sr = tl.cdiv(tl.cdiv(rows, BM), SR)
-        group, within = pid // (SR * SC), pid % (SR * SC)
-        rb = (group % n_sr) * SR + within % SR
-        cb = (group // n_sr) * SC + within // SR
-        r = rb * BM + tl.arange(0, BM)
-        c = cb * BV + tl.arange(0, BV)
+        zero on padding columns and ignored rows."""
+        r = tl.program_id(0) * BM + tl.arange(0, BM)
+        c = tl.program_id(1) * BV + tl.arange(0, BV)
         r_ok, c_ok = r < rows, c < width
         r64 = r.to(tl.int64)
         # masked at the padded width (vectorized loads), then the padding columns set aside
@@ -92,8 +81,9 @@ if triton is not None:
         g = (tl.exp(x - lse[:, None]) - (c[None, :] == t[:, None]).to(tl.float32)) * keep[:, None]
         g8 = g.to(g_ptr.dtype.element_ty)
         tl.store(g_ptr + r64[:, None] * width + c[None, :], g8, mask=r_ok[:, None] & c_ok[None, :])
-        gt8 = tl.trans(g).to(g_ptr.dtype.element_ty) if TRANS_F32 else tl.trans(g8)
-        tl.store(gt_ptr + c.to(tl.int64)[:, None] * rows + r[None, :], gt8, mask=c_ok[:, None] & r_ok[None, :])
+        tl.store(gt_ptr + c.to(tl.int64)[:, None] * rows + r[None, :], tl.trans(g8),
+                 mask=c_ok[:, None] & r_ok[None, :])
+
 
     @triton.jit
     def _fused_grad_fp8_kernel(logits_ptr, targets_ptr, loss_ptr, g_ptr, gt_ptr, rows, vocab, width, stride,
@@ -160,16 +150,14 @@ def row_lse_triton(logits: Tensor, targets: Tensor, vocab: int, block: int | Non
 
 
 def grad_fp8_triton(logits: Tensor, lse: Tensor, targets: Tensor, vocab: int, block_rows: int = BLOCK_ROWS,
-                    block_cols: int = BLOCK_COLS, num_warps: int = NUM_WARPS, group: tuple[int, int] = GROUP,
-                    trans_f32: bool = TRANS_F32) -> tuple[Tensor, Tensor]:
+                    block_cols: int = BLOCK_COLS, num_warps: int = NUM_WARPS) -> tuple[Tensor, Tensor]:
     """G in e5m2 (N x W) and G^T in e5m2 (W x N), G = (softmax - onehot) * G_SCALE."""
     rows, width = logits.shape
     g = torch.empty(rows, width, dtype=G_DTYPE, device=logits.device)
     gt = torch.empty(width, rows, dtype=G_DTYPE, device=logits.device)
-    sr, sc = group
-    n = triton.cdiv(triton.cdiv(rows, block_rows), sr) * triton.cdiv(triton.cdiv(width, block_cols), sc) * sr * sc
-    _grad_fp8_kernel[(n,)](logits, lse, targets, g, gt, rows, vocab, width, logits.stride(0), G_SCALE,
-                           BM=block_rows, BV=block_cols, SR=sr, SC=sc, TRANS_F32=trans_f32, num_warps=num_warps)
+    grid = (triton.cdiv(rows, block_rows), triton.cdiv(width, block_cols))
+    _grad_fp8_kernel[grid](logits, lse, targets, g, gt, rows, vocab, width, logits.stride(0), G_SCALE,
+                           BM=block_rows, BV=block_cols, num_warps=num_warps)
     return g, gt
 
 
