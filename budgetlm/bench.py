@@ -62,7 +62,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
               fused_adam: bool = True, dtype: str = "bfloat16", recompute: int = 0, device: str = "auto",
               accum: int = 1, compile_mode: str = "default", fp8: str = "off", native_gqa: bool = True,
               half_residual: bool = True, ce_kernel: str = "auto", fp8_head: str = "off",
-              ctx: DistContext | None = None,
+              fp8_modules: str = "all", ctx: DistContext | None = None,
               **model_overrides) -> dict:
     """ms/step, tokens/s, MFU and peak memory of `steps` timed AdamW steps on random tokens; each
     step is `accum` micro-batches (the optimizer step is amortized over them, as in real training).
@@ -78,7 +78,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
         overrides["vocab_multiple"] = vocab_multiple
     cfg = model_config(model_name, **overrides)
     model = build_model(cfg).to(dev)
-    fp8_layers = enable_fp8(model, fp8)
+    fp8_layers = enable_fp8(model, fp8, modules=fp8_modules)
     set_attention_kernel(model, resolve_attention(attn, dev))
     model.fused_loss = fused_loss
     model.ce_kernel = resolve_ce_kernel(ce_kernel, dev, fused_loss)
@@ -159,7 +159,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
             "warmup_s": warmup_s, "device": name, "compile": compile, "fused_loss": fused_loss,
             "vocab_multiple": cfg.vocab_multiple, "attn": attn, "fused_adam": fused_adam, "dtype": dtype,
             "recompute": recompute, "steps": steps, "accum": accum, "compile_mode": compile_mode if compile else None,
-            "fp8": fp8, "fp8_layers": len(fp8_layers), "native_gqa": native_gqa,
+            "fp8": fp8, "fp8_layers": len(fp8_layers), "fp8_modules": fp8_modules if fp8 != "off" else None, "native_gqa": native_gqa,
             "half_residual": half_residual, "ce_kernel": model.ce_kernel, "fp8_head": model.fp8_head}
 
 
@@ -245,7 +245,7 @@ def _bench_settings(args: argparse.Namespace, ctx: DistContext) -> None:
                 compile=args.compile == "on", fused_loss=args.fused_loss == "on", attn=args.attn,
                 fused_adam=args.fused_adam == "on", dtype=args.dtype, recompute=args.recompute, fp8=args.fp8,
                 native_gqa=args.gqa == "native", half_residual=args.half_residual == "on",
-                ce_kernel=args.ce_kernel, fp8_head=args.fp8_head, device=args.device or "auto", accum=args.accum, compile_mode=args.compile_mode,
+                ce_kernel=args.ce_kernel, fp8_head=args.fp8_head, fp8_modules=args.fp8_modules, device=args.device or "auto", accum=args.accum, compile_mode=args.compile_mode,
                 ctx=ctx)
     say = print if ctx.is_main else (lambda *a, **k: None)
     if args.vocab_multiple is not None:
@@ -316,6 +316,8 @@ def register(sub) -> None:
     p.add_argument("--attn", choices=list(ATTENTION_BACKENDS), default="auto",
                    help="preferred attention kernel (auto: cuDNN on Hopper, else PyTorch's order)")
     p.add_argument("--fp8", choices=list(FP8_RECIPES), default="off", help="FP8 matmuls through torchao")
+    p.add_argument("--fp8-modules", default="all",
+                   help="with --fp8: the Linears to swap, 'all' or pieces of module names ('mlp', 'mlp.down')")
     p.add_argument("--gqa", choices=["native", "repeat"], default="native",
                    help="grouped-query attention: SDPA's enable_gqa, or kv heads repeated before it")
     p.add_argument("--half-residual", choices=["on", "off"], default="on",

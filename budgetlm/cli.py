@@ -13,7 +13,7 @@ from budgetlm.errors import BudgetLMError
 MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "norm", "pos", "mlp_hidden")
 TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac", "warmup_frac", "warmup_steps",
                "schedule", "weight_decay", "grad_clip", "seed", "device", "dtype", "compile", "threads",
-               "eval_every", "eval_tokens", "checkpoint_every", "log_every", "fused_loss", "ce_kernel", "recompute", "attn", "fp8", "fp8_head", "half_residual", "cuda_graphs", "teacher", "distill_steps",
+               "eval_every", "eval_tokens", "checkpoint_every", "log_every", "fused_loss", "ce_kernel", "recompute", "attn", "fp8", "fp8_modules", "fp8_head", "half_residual", "cuda_graphs", "teacher", "distill_steps",
                "distill_alpha", "distill_temp", "max_steps", "sample_every", "sample_tokens", "hellaswag_every",
                "hellaswag_items", "train_shards", "val_shards", "parallel", "zero_stage")
 
@@ -62,6 +62,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="preferred attention kernel (auto: cuDNN on Hopper, else PyTorch's order)")
     g.add_argument("--fp8", choices=["off", "tensorwise", "rowwise"],
                    help="FP8 matmuls through torchao (Ada/Hopper GPUs; opt-in, trades precision for speed)")
+    g.add_argument("--fp8-modules", help="with --fp8: 'all' (default) or pieces of Linear names, e.g. 'mlp'")
     g.add_argument("--fp8-head", choices=["on", "off"],
                    help="the LM head's three matmuls in FP8 inside the CE kernel (Ada/Hopper; opt-in)")
     g.add_argument("--half-residual", choices=["auto", "on", "off"],

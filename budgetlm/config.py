@@ -163,6 +163,7 @@ class TrainConfig:
     recompute: int = 0  # activation recomputation: 0 off, 1 MLPs, 2 whole blocks (llm.c -r)
     attn: str = "auto"  # preferred attention kernel: auto | flash | cudnn | efficient | math
     fp8: str = "off"  # off | tensorwise | rowwise: FP8 matmuls through torchao (Ada/Hopper GPUs)
+    fp8_modules: str = "all"  # with fp8: "all" or comma-separated pieces of Linear names ("mlp")
     fp8_head: str = "off"  # on | off: the CE kernel's head matmuls in FP8 (models/ce_kernel_fp8.py; opt-in)
     cuda_graphs: str = "auto"  # auto | on | off: torch.compile "reduce-overhead" (auto: CUDA, < 20M params)
     half_residual: str = "auto"  # auto | on | off: residual stream in bf16 (auto: CUDA half precision)

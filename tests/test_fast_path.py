@@ -148,6 +148,17 @@ def test_fp8_can_leave_the_head_alone():
     assert "lm_head" not in swapped and type(model.lm_head) is torch.nn.Linear
 
 
+def test_fp8_modules_picks_linears_by_name():
+    pytest.importorskip("torchao")
+    from budgetlm.models.fp8 import enable_fp8
+    swapped = enable_fp8(build_model(tiny(n_embd=128)), "tensorwise", emulate=True, modules="mlp")
+    assert swapped == [f"blocks.{i}.mlp.{n}" for i in range(2) for n in ("up", "down")]
+    swapped = enable_fp8(build_model(tiny(n_embd=128)), "tensorwise", emulate=True, modules="mlp.down, attn.qkv")
+    assert sorted(swapped) == sorted([f"blocks.{i}.{n}" for i in range(2) for n in ("mlp.down", "attn.qkv")])
+    with pytest.raises(BudgetLMError, match="--fp8-modules 'mpl' matches no Linear"):
+        enable_fp8(build_model(tiny(n_embd=128)), "tensorwise", emulate=True, modules="mpl")
+
+
 def test_half_residual_setting():
     cpu = torch.device("cpu")
     assert resolve_half_residual("auto", cpu, torch.bfloat16) is False  # CPU keeps the fp32 stream

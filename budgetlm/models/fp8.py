@@ -24,14 +24,20 @@ def fp8_supported(device: torch.device) -> bool:
 
 
 def enable_fp8(model: nn.Module, recipe: str = "tensorwise", include_head: bool = True,
-               emulate: bool = False) -> list[str]:
+               emulate: bool = False, modules: str = "all") -> list[str]:
     """Swap the model's eligible Linears for Float8Linear; returns the swapped modules' names.
 
     `recipe`: torchao's scaling recipe (tensorwise: one scale per tensor, fastest; rowwise: one
     per row, more accurate). `emulate` runs the FP8 casts with fp32 matmuls (any device; tests).
+    `modules`: "all", or comma-separated pieces of module names ("mlp", "mlp.down", "attn.qkv"):
+    only Linears whose name contains one are swapped. In a narrow model FP8 pays only where a
+    matmul is large against the casts it needs (benchmarks/RESULTS.md §2).
     """
     if recipe == "off":
         return []
+    pieces = [p.strip() for p in modules.split(",") if p.strip()]
+    if not pieces:
+        raise BudgetLMError("--fp8-modules: give 'all' or pieces of module names, e.g. 'mlp' or 'mlp.down'")
     if recipe not in FP8_RECIPES:
         raise BudgetLMError(f"--fp8: unknown recipe {recipe!r} (use {', '.join(FP8_RECIPES)})")
     try:
@@ -49,10 +55,13 @@ def enable_fp8(model: nn.Module, recipe: str = "tensorwise", include_head: bool 
 
     def eligible(module: nn.Module, name: str) -> bool:
         ok = (isinstance(module, nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
-              and (include_head or name != "lm_head"))
+              and (include_head or name != "lm_head") and ("all" in pieces or any(q in name for q in pieces)))
         if ok:
             swapped.append(name)
         return ok
 
     convert_to_float8_training(model, module_filter_fn=eligible, config=config)
+    if not swapped:
+        raise BudgetLMError(f"--fp8-modules {modules!r} matches no Linear of the model "
+                            f"(names look like {', '.join(n for n, m in model.named_modules() if isinstance(m, nn.Linear))[:120]})")
     return swapped

@@ -143,7 +143,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
         loss_hook = make_teacher_hook(cfg.teacher, train_tokens, tokenizer.vocab_size, tokenizer.eot_id,
                                       cfg.distill_steps, cfg.distill_alpha, cfg.distill_temp, log=log)
     model = build_model(model_cfg).to(device)
-    fp8_layers = enable_fp8(model, cfg.fp8)  # before wrapping: DDP/FSDP see the FP8 Linears
+    fp8_layers = enable_fp8(model, cfg.fp8, modules=cfg.fp8_modules)  # before wrapping: DDP/FSDP see the FP8 Linears
     step, tokens_seen, max_frac, losses = 0, 0, 0.0, []
     state = None
     if resume:
