@@ -87,7 +87,7 @@ if triton is not None:
 
     @triton.jit
     def _fused_grad_fp8_kernel(logits_ptr, targets_ptr, loss_ptr, g_ptr, gt_ptr, rows, vocab, width, stride,
-                               scale, BM: tl.constexpr, BV: tl.constexpr):
+                               scale, BM: tl.constexpr, BV: tl.constexpr, BARRIER: tl.constexpr = True):
         """The two kernels above in one, a program per BM rows: a first read of the rows finds their
         log-sum-exp and loss (per-lane running max and sum over (BM, BV) tiles, as _row_lse), a
         second read forms G and stores it as G and G^T. Same bytes as the pair (two reads of the
@@ -123,10 +123,13 @@ if triton is not None:
             tl.store(g_ptr + r64[:, None] * width + c[None, :], g8, mask=r_ok[:, None] & c_ok[None, :])
             tl.store(gt_ptr + c.to(tl.int64)[:, None] * rows + r[None, :], tl.trans(g8),
                      mask=c_ok[:, None] & r_ok[None, :])
+            if BARRIER:  # the transpose goes through shared memory, reused by the next trip
+                tl.debug_barrier()
 
 
 def fused_grads_fp8_triton(logits: Tensor, targets: Tensor, vocab: int, block_rows: int = FUSED_ROWS,
-                           block_cols: int = FUSED_COLS, num_warps: int = FUSED_WARPS) -> tuple[Tensor, Tensor, Tensor]:
+                           block_cols: int = FUSED_COLS, num_warps: int = FUSED_WARPS,
+                           barrier: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """(per-row losses, G, G^T) from the one-kernel version."""
     rows, width = logits.shape
     losses = torch.empty(rows, dtype=torch.float32, device=logits.device)
@@ -134,7 +137,7 @@ def fused_grads_fp8_triton(logits: Tensor, targets: Tensor, vocab: int, block_ro
     gt = torch.empty(width, rows, dtype=G_DTYPE, device=logits.device)
     _fused_grad_fp8_kernel[(triton.cdiv(rows, block_rows),)](
         logits, targets, losses, g, gt, rows, vocab, width, logits.stride(0), G_SCALE,
-        BM=block_rows, BV=block_cols, num_warps=num_warps)
+        BM=block_rows, BV=block_cols, BARRIER=barrier, num_warps=num_warps)
     return losses, g, gt
 
 
