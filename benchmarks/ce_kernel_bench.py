@@ -9,8 +9,7 @@ autocast, CUDA events, median of 20 after warm-up:
 - the head's three matmuls alone, bf16 against FP8 (torch._scaled_mm);
 - the kernel alone for several block sizes / warp counts and both row reductions (block-wide
   or per lane), with its effective bandwidth (it reads each row twice and writes it once);
-- the FP8 path's two kernels alone (row log-sum-exp, then G and G^T in e5m2 over tiles), and
-  the one kernel that does both over blocks of rows.
+- the FP8 path's two kernels alone (row log-sum-exp, then G and G^T in e5m2 over tiles).
 Correctness: loss and gradients of both against an fp32 reference (fp32 matmuls and loss).
 
     python benchmarks/ce_kernel_bench.py [gpt2]   # CUDA only; optional shape-name filter; appends rows to results.jsonl
@@ -36,8 +35,6 @@ SHAPES = {  # name: (tokens, width, padded vocab, vocab)
 }
 CONFIGS = [(2048, 8), (4096, 8), (4096, 16), (8192, 16), (8192, 32), (16384, 32)]
 FP8_TILES = [(64, 64, 4), (64, 64, 2), (64, 64, 8), (32, 64, 2), (32, 128, 4), (64, 128, 8), (128, 64, 4)]
-FUSED_TILES = [(32, 128, 4), (32, 64, 4), (64, 64, 4), (64, 128, 8), (32, 256, 8), (16, 256, 4), (64, 256, 8),
-               (128, 64, 8)]
 LSE_CONFIGS = [(1024, 2), (1024, 4), (2048, 4), (2048, 8), (4096, 8)]  # block, warps
 
 
@@ -71,12 +68,9 @@ def main() -> None:
         t = torch.randint(0, v, (n,), device="cuda", generator=g)
         t[::97] = -1  # a few ignored positions, as padding would give
         ref = fwd_bwd(plain_loss, h, w, t, v, amp=False)  # fp32 matmuls (TF32 off by default) and loss
-        for label, fn, fused in (("compiled plain", torch.compile(plain_loss), False),
-                                 ("ce kernel (compiled)", torch.compile(linear_cross_entropy), False),
-                                 ("ce kernel, fp8 head (compiled)", torch.compile(f8.linear_cross_entropy_fp8), False),
-                                 ("ce kernel, fp8 head, one gradient kernel (compiled)",
-                                  torch.compile(f8.linear_cross_entropy_fp8), True)):
-            f8.FUSED = fused  # read when the opaque op runs
+        for label, fn in (("compiled plain", torch.compile(plain_loss)),
+                          ("ce kernel (compiled)", torch.compile(linear_cross_entropy)),
+                          ("ce kernel, fp8 head (compiled)", torch.compile(f8.linear_cross_entropy_fp8))):
             out = fwd_bwd(fn, h, w, t, v)
             ms = cuda_median_ms(lambda: fwd_bwd(fn, h, w, t, v))
             peak0 = torch.cuda.memory_allocated()
@@ -123,12 +117,6 @@ def main() -> None:
             ms = cuda_median_ms(lambda: f8.grad_fp8_triton(logits, lse, t, v, bm, bv, warps))
             rows.append({"shape": name, "variant": f"fp8 path: gradient kernel alone, tile {bm}x{bv}, {warps} warps",
                          "ms": ms, "gb_per_s": 2 * logits.numel() * logits.element_size() / ms / 1e6})
-            print_table(rows[-1:], list(rows[-1]))
-        f8.FUSED = False
-        for bm, bv, warps in FUSED_TILES:  # reads the rows twice (bf16), writes G and G^T (e5m2)
-            ms = cuda_median_ms(lambda: f8.fused_grads_fp8_triton(logits, t, v, bm, bv, warps))
-            rows.append({"shape": name, "variant": f"fp8 path: one kernel (log-sum-exp + gradient), tile {bm}x{bv}, "
-                         f"{warps} warps", "ms": ms, "gb_per_s": 3 * logits.numel() * logits.element_size() / ms / 1e6})
             print_table(rows[-1:], list(rows[-1]))
         del h, w, logits, hb, wb
         torch.cuda.empty_cache()

@@ -137,13 +137,6 @@ INTERPRETED = textwrap.dedent("""
             sys.exit(77)
         lb, gb, gtb = f8.grads_fp8_torch(x.clone(), t, 300)
         assert torch.allclose(la, lb, rtol=1e-5, atol=1e-5), (la, lb)
-        # the one-kernel version: same contract, rows and columns not multiples of its tile
-        lf, gf, gtf = f8.fused_grads_fp8_triton(x[:40, :312].clone(), t[:40], 300, block_rows=16, block_cols=64,
-                                                num_warps=4)
-        lc, gc, _ = f8.grads_fp8_torch(x[:40, :312].clone(), t[:40], 300)
-        assert torch.allclose(lf, lc, rtol=1e-5, atol=1e-5), (lf, lc)
-        assert ((gf.float() - gc.float()).abs() <= 0.5 * gc.float().abs() + 2.0 ** -16).all()
-        assert torch.equal(gtf.float(), gf.float().t()) and gf[:, 300:].float().abs().max() == 0
         a, b = ga.float(), gb.float()
         # The interpreter's e5m2 rounding loses the carry into the exponent (a value that rounds up
         # to a power of two comes out half as large, the smallest subnormal 2^-16 as 0); layout and
@@ -172,25 +165,6 @@ def test_cuda_fp8_kernels_match_the_torch_version():
     # exp differs in its last bits between Triton and PyTorch: at most a rounding boundary apart
     assert (a != b).float().mean() < 1e-3 and ((a - b).abs() <= 0.25 * b.abs() + 1e-30).all()
     assert torch.equal(gta.float(), a.t()) and a[:, 50257:].abs().max() == 0
-
-
-@pytest.mark.gpu
-def test_cuda_fused_fp8_kernel_matches_the_two_kernels():
-    torch.manual_seed(0)
-    # 1008 rows: a multiple of 16 (fp8_head_fits), not of the tiles
-    x = (torch.randn(1008, 50304, device="cuda") * 3).bfloat16()
-    t = torch.randint(0, 50257, (1008,), device="cuda")
-    t[::9] = -1
-    la, ga, gta = f8.grads_fp8_triton(x, t, 50257)
-    assert torch.equal(gta.float(), ga.float().t())
-    for tile in ((32, 256, 8), (64, 64, 4), (16, 256, 4)):
-        lb, gb, gtb = f8.fused_grads_fp8_triton(x, t, 50257, *tile)
-        print(tile, (gtb.float() != gb.float().t()).float().mean().item(),
-              (f8.fused_grads_fp8_triton(x, t, 50257, *tile, barrier=False)[2].float() != gb.float().t()).float().mean().item())
-        assert torch.allclose(la, lb, rtol=1e-5, atol=1e-4)
-        a, b = ga.float(), gb.float()  # the same math up to the order of the log-sum-exp's sums
-        assert (a != b).float().mean() < 1e-3 and ((a - b).abs() <= 0.25 * a.abs() + 1e-30).all()
-        assert torch.equal(gtb.float(), b.t()) and b[:, 50257:].abs().max() == 0
 
 
 @pytest.mark.gpu

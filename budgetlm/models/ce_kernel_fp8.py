@@ -35,9 +35,6 @@ X_DTYPE = torch.float8_e4m3fn
 BLOCK_ROWS, BLOCK_COLS, NUM_WARPS = 64, 64, 4
 # The row log-sum-exp kernel (one read of each row): 1.21 ms there, 1.17-1.41 over five settings.
 LSE_BLOCK, LSE_WARPS = 2048, 8
-# The one-kernel version's tile (rows, columns, warps) and whether the head uses it.
-FUSED_ROWS, FUSED_COLS, FUSED_WARPS = 32, 256, 8
-FUSED = False
 
 
 def fp8_head_fits(rows: int, width: int, vocab_padded: int) -> bool:
@@ -83,62 +80,6 @@ if triton is not None:
         tl.store(g_ptr + r64[:, None] * width + c[None, :], g8, mask=r_ok[:, None] & c_ok[None, :])
         tl.store(gt_ptr + c.to(tl.int64)[:, None] * rows + r[None, :], tl.trans(g8),
                  mask=c_ok[:, None] & r_ok[None, :])
-
-
-    @triton.jit
-    def _fused_grad_fp8_kernel(logits_ptr, targets_ptr, loss_ptr, g_ptr, gt_ptr, rows, vocab, width, stride,
-                               scale, BM: tl.constexpr, BV: tl.constexpr, BARRIER: tl.constexpr = True):
-        """The two kernels above in one, a program per BM rows: a first read of the rows finds their
-        log-sum-exp and loss (per-lane running max and sum over (BM, BV) tiles, as _row_lse), a
-        second read forms G and stores it as G and G^T. Same bytes as the pair (two reads of the
-        logits, two e5m2 writes), one launch, no per-row program reading one row at a time."""
-        r = tl.program_id(0) * BM + tl.arange(0, BM)
-        r_ok = r < rows
-        r64 = r.to(tl.int64)
-        cols = tl.arange(0, BV)
-        m = tl.full([BM, BV], -1e30, tl.float32)
-        s = tl.zeros([BM, BV], tl.float32)
-        for start in range(0, width, BV):
-            c = start + cols
-            x = tl.load(logits_ptr + r64[:, None] * stride + c[None, :], mask=r_ok[:, None] & (c < width)[None, :],
-                        other=-1e30).to(tl.float32)
-            x = tl.where(c[None, :] < vocab, x, -1e30)
-            e = tl.exp(-tl.abs(x - m))
-            s = tl.where(x > m, s * e + 1.0, s + e)
-            m = tl.maximum(m, x)
-        m_row = tl.max(m, 1)
-        lse = m_row + tl.log(tl.sum(s * tl.exp(m - m_row[:, None]), 1))
-        t = tl.load(targets_ptr + r, mask=r_ok, other=-1)
-        x_t = tl.load(logits_ptr + r64 * stride + tl.maximum(t, 0), mask=r_ok, other=0.0).to(tl.float32)
-        tl.store(loss_ptr + r, tl.where(t != -1, lse - x_t, 0.0), mask=r_ok)
-        keep = (t != -1).to(tl.float32) * scale
-        for start in range(0, width, BV):
-            c = start + cols
-            c_ok = c < width
-            x = tl.load(logits_ptr + r64[:, None] * stride + c[None, :], mask=r_ok[:, None] & c_ok[None, :],
-                        other=float("-inf")).to(tl.float32)
-            x = tl.where(c[None, :] < vocab, x, float("-inf"))
-            g = (tl.exp(x - lse[:, None]) - (c[None, :] == t[:, None]).to(tl.float32)) * keep[:, None]
-            g8 = g.to(g_ptr.dtype.element_ty)
-            tl.store(g_ptr + r64[:, None] * width + c[None, :], g8, mask=r_ok[:, None] & c_ok[None, :])
-            tl.store(gt_ptr + c.to(tl.int64)[:, None] * rows + r[None, :], tl.trans(g8),
-                     mask=c_ok[:, None] & r_ok[None, :])
-            if BARRIER:  # the transpose goes through shared memory, reused by the next trip
-                tl.debug_barrier()
-
-
-def fused_grads_fp8_triton(logits: Tensor, targets: Tensor, vocab: int, block_rows: int = FUSED_ROWS,
-                           block_cols: int = FUSED_COLS, num_warps: int = FUSED_WARPS,
-                           barrier: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """(per-row losses, G, G^T) from the one-kernel version."""
-    rows, width = logits.shape
-    losses = torch.empty(rows, dtype=torch.float32, device=logits.device)
-    g = torch.empty(rows, width, dtype=G_DTYPE, device=logits.device)
-    gt = torch.empty(width, rows, dtype=G_DTYPE, device=logits.device)
-    _fused_grad_fp8_kernel[(triton.cdiv(rows, block_rows),)](
-        logits, targets, losses, g, gt, rows, vocab, width, logits.stride(0), G_SCALE,
-        BM=block_rows, BV=block_cols, BARRIER=barrier, num_warps=num_warps)
-    return losses, g, gt
 
 
 def row_lse_triton(logits: Tensor, targets: Tensor, vocab: int, block: int | None = None,
@@ -203,7 +144,7 @@ def linear_ce_forward_fp8(x8: Tensor, w8: Tensor, scale_x: Tensor, scale_w: Tens
     Opaque to torch.compile, like the bf16 op: the logits live only inside it."""
     logits = fp8_mm(x8, w8.t(), scale_x, scale_w, torch.bfloat16, fast_accum=True)
     if triton_ready(logits.device):
-        losses, g, gt = (fused_grads_fp8_triton if FUSED else grads_fp8_triton)(logits, targets, vocab)
+        losses, g, gt = grads_fp8_triton(logits, targets, vocab)
     else:
         losses, g, gt = grads_fp8_torch(logits, targets, vocab)
     return losses.sum(), g, gt
