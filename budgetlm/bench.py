@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import platform
 import subprocess
 import time
@@ -105,7 +106,9 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
         raise BudgetLMError(f"--compile-mode {compile_mode} (CUDA graphs) does not run with --accum {accum}: "
                             "the graphs' replays overwrite tensors the accumulated gradients need")
 
-    def step(i: int) -> None:
+    def step(i: int) -> torch.Tensor:
+        """One optimizer step; returns the last micro-step's loss (a copy: a CUDA-graph replay
+        would overwrite the original)."""
         for a in range(accum):
             batch = data[i % len(data), a].to(dev, non_blocking=True)
             if graphs:  # a new replay per micro-step, as in the trainer
@@ -117,10 +120,13 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss.detach().clone()
 
     t0 = time.perf_counter()
+    first_loss = None
     for i in range(warmup):
-        step(i)
+        loss = step(i)
+        first_loss = loss if first_loss is None else first_loss
     synchronize(dev)
     warmup_s = time.perf_counter() - t0
     if dev.type == "cuda":
@@ -129,7 +135,8 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
         start.record()
     t0 = time.perf_counter()
     for i in range(warmup, warmup + steps):
-        step(i)
+        last_loss = step(i)
+        first_loss = last_loss if first_loss is None else first_loss
     if dev.type == "cuda":
         end.record()
         torch.cuda.synchronize()
@@ -137,6 +144,8 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     else:
         ms = (time.perf_counter() - t0) * 1000 / steps
     peak_mem = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None
+    loss_first, loss_last = first_loss.item(), last_loss.item()
+    check_training(loss_first, loss_last)
     ms_rank = ms
     if ctx.enabled:  # the job runs at its slowest rank's pace; memory is what the fullest GPU needs
         worst = torch.tensor([ms, peak_mem or 0.0], dtype=torch.float64, device=dev)
@@ -160,7 +169,22 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
             "vocab_multiple": cfg.vocab_multiple, "attn": attn, "fused_adam": fused_adam, "dtype": dtype,
             "recompute": recompute, "steps": steps, "accum": accum, "compile_mode": compile_mode if compile else None,
             "fp8": fp8, "fp8_layers": len(fp8_layers), "fp8_modules": fp8_modules if fp8 != "off" else None, "native_gqa": native_gqa,
-            "half_residual": half_residual, "ce_kernel": model.ce_kernel, "fp8_head": model.fp8_head}
+            "half_residual": half_residual, "ce_kernel": model.ce_kernel, "fp8_head": model.fp8_head,
+            "loss_first": loss_first, "loss_last": loss_last}
+
+
+# How far the loss may rise over the timed steps before the run counts as diverged. On random
+# tokens a sound step keeps it near ln(vocab); a broken kernel sends it up or to nan, and its
+# timings mean nothing: a broken FP8 gradient once "ran" 14% faster on an H200, whose clock,
+# held down by the 700 W power cap, rises when the matmuls multiply garbage (RESULTS.md §2).
+DIVERGED_NATS = 1.0
+
+
+def check_training(loss_first: float, loss_last: float) -> None:
+    """Refuse to report the speed of steps that did not train."""
+    if not math.isfinite(loss_last) or loss_last > loss_first + DIVERGED_NATS:
+        raise BudgetLMError(f"the loss went from {loss_first:.4f} to {loss_last:.4f} over the benchmark's steps: "
+                            "these steps do not train (a broken kernel or setting), so their speed is not reported")
 
 
 def max_micro_batch(start: int = 1, limit: int = 1024, **kw) -> tuple[int, dict | None]:

@@ -20,6 +20,20 @@ def test_bench_counts_accumulated_micro_batches() -> None:
     assert r1["tokens_per_s"] == pytest.approx(2 * 16 / (r1["ms_per_step"] / 1000))
 
 
+def test_bench_reports_the_loss_and_refuses_steps_that_do_not_train(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = bench.bench_one("nano", seq=16, micro_batch=2, steps=3, warmup=1, compile=False, device="cpu")
+    assert 0 < r["loss_first"] < 20 and r["loss_last"] < r["loss_first"] + bench.DIVERGED_NATS
+    bench.check_training(10.9, 10.8)
+    for last in (float("nan"), float("inf"), 12.0):
+        with pytest.raises(BudgetLMError, match="do not train"):
+            bench.check_training(10.9, last)
+    # A setting that wrecks the weights (AdamW at lr 100) is caught, not timed.
+    from budgetlm.config import TrainConfig
+    monkeypatch.setattr(bench, "TrainConfig", lambda: TrainConfig(lr=100.0))
+    with pytest.raises(BudgetLMError, match="do not train"):
+        bench.bench_one("nano", seq=16, micro_batch=2, steps=3, warmup=1, compile=False, device="cpu")
+
+
 @pytest.mark.parametrize("edge,start", [(1, 1), (5, 1), (37, 8), (64, 16), (100, 128)])
 def test_max_micro_batch_finds_the_edge(monkeypatch: pytest.MonkeyPatch, edge: int, start: int) -> None:
     tried = []
@@ -85,7 +99,8 @@ def test_max_micro_batch_refuses_torchrun(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = Namespace(model="nano", seq=16, steps=1, warmup=1, compile="off", fused_loss="off", attn="auto",
                      fused_adam="on", dtype="float32", recompute=0, fp8="off", gqa="native", half_residual="on",
-                     ce_kernel="off", fp8_head="off", device="cpu", accum=1, compile_mode="default", vocab_multiple=None,
+                     ce_kernel="off", fp8_head="off", fp8_modules="all", device="cpu", accum=1, compile_mode="default",
+                     vocab_multiple=None,
                      max_micro_batch=True, micro_batch=[2])
     with pytest.raises(BudgetLMError, match="without torchrun"):
         bench._bench_settings(args, DistContext(world=2, parallel="ddp"))
