@@ -60,7 +60,7 @@ def main() -> None:
     texts = generate_stories(3000, seed=0)
     tok = build_tokenizer("bpe:2048", iter(texts))
     ids = torch.tensor([i for t in texts for i in [tok.eot_id, *tok.encode(t)]])
-    n, T, B, steps = ids.numel() // 257, 256, 16, 50
+    n, B, steps = ids.numel() // 257, 16, 50
     rows = ids[: n * 257].view(n, 257)
     batches = [(rows[i * B:(i + 1) * B, :-1], rows[i * B:(i + 1) * B, 1:]) for i in range(steps)]
     plain = run(batches, tok.vocab_size, fast=False, fused_loss=False, steps=steps)

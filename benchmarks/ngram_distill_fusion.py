@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import SHARED_STORIES, commit, machine, record  # noqa: E402
-from budgetlm.data.prepare import data_tokenizer, load_meta, prepare  # noqa: E402
+from budgetlm.data.prepare import load_meta, prepare  # noqa: E402
 from budgetlm.data.shards import load_split  # noqa: E402
 from budgetlm.eval.perplexity import evaluate  # noqa: E402
 from budgetlm.eval.story_eval import story_eval  # noqa: E402

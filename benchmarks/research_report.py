@@ -144,7 +144,7 @@ def write_report(size_spec: SweepSpec, best: str, specs: dict[str, SweepSpec]) -
                              "stories": per_seed[0]["stories"]}
     import datetime as dt
     mach = machine()
-    md = [f"# Issue 7: the 5-minute CPU study\n",
+    md = ["# Issue 7: the 5-minute CPU study\n",
           f"Machine: {mach['cpu']} ({mach['cores']} cores), torch {mach['torch']}; commit {commit()}; "
           f"report written {dt.date.today().isoformat()}.",
           f"Data: {os.path.relpath(size_spec.data, ROOT)} (../shared TinyStories, lower-cased; bpe:1024; last 10% of stories held out). "

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from budgetlm.data.tokenizers import build_tokenizer, load_gpt2, load_tokenizer

@@ -26,7 +26,7 @@ from budgetlm.eval.perplexity import evaluate
 from budgetlm.models import build_model
 from budgetlm.models.fp8 import enable_fp8
 from budgetlm.models.transformer import set_attention_kernel
-from budgetlm.train.budget import Budget, lr_at, parse_budget
+from budgetlm.train.budget import lr_at, parse_budget
 from budgetlm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from budgetlm.train.distributed import DistContext, maybe_main_first, setup as setup_distributed
 from budgetlm.train.progress import Progress
