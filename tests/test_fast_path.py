@@ -159,6 +159,20 @@ def test_fp8_modules_picks_linears_by_name():
         enable_fp8(build_model(tiny(n_embd=128)), "tensorwise", emulate=True, modules="mpl")
 
 
+def test_train_cli_passes_fp8_modules_to_the_swap(synth_data, tmp_path, monkeypatch):
+    from budgetlm import cli
+    from budgetlm.train import trainer
+    seen = {}
+
+    def fake_enable_fp8(model, recipe, modules="all"):
+        seen.update(recipe=recipe, modules=modules)
+        raise BudgetLMError("stop here")
+    monkeypatch.setattr(trainer, "enable_fp8", fake_enable_fp8)
+    code = cli.main(["train", "--data", str(synth_data), "--budget", "2-steps", "--model", "nano", "--device", "cpu",
+                     "--fp8", "tensorwise", "--fp8-modules", "mlp.down", "--out", str(tmp_path / "r"), "--no-progress"])
+    assert code == 2 and seen == {"recipe": "tensorwise", "modules": "mlp.down"}
+
+
 def test_half_residual_setting():
     cpu = torch.device("cpu")
     assert resolve_half_residual("auto", cpu, torch.bfloat16) is False  # CPU keeps the fp32 stream
