@@ -260,8 +260,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     ctx = setup(pick_device(args.device or "auto"), args.parallel, args.zero_stage)
     try:
         _bench_settings(args, ctx)
-    finally:
-        ctx.teardown()
+    except BaseException:
+        ctx.teardown(clean=False)
+        raise
+    ctx.teardown()
 
 
 def _bench_settings(args: argparse.Namespace, ctx: DistContext) -> None:

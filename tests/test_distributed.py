@@ -181,3 +181,23 @@ def test_zero1_fused_adam_resumes_on_cuda(tmp_path):
         assert all(s["step"].device.type == "cuda" for s in again.optim.state.values())
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_teardown_waits_for_every_rank_only_after_a_clean_run(monkeypatch):
+    """A clean end lets go of the wrapper, then barrier, then destroy (a gloo rank that freed the
+    wrapper after its peer had exited hung once in CI); after an error no rank waits for others."""
+    from budgetlm.train.distributed import DistContext
+    calls = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: calls.append("destroy"))
+    ctx = DistContext(world=2, parallel="ddp", owned=True, wrapped=torch.nn.Linear(2, 2))
+    ctx.teardown()
+    assert calls == ["barrier", "destroy"] and ctx.wrapped is None and not ctx.owned
+    ctx.teardown()  # a second call does nothing
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    DistContext(world=2, parallel="ddp", owned=True).teardown(clean=False)
+    assert calls == ["destroy"]
+    DistContext(world=2, parallel="ddp", owned=False).teardown()  # a group someone else started stays
+    assert calls == ["destroy"]

@@ -225,8 +225,17 @@ class DistContext:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, cores // max(local, 1))
 
-    def teardown(self) -> None:
+    def teardown(self, clean: bool = True) -> None:
+        """End the process group this context started. After a clean run every rank first waits
+        for the others and lets go of the DDP/FSDP wrapper, which holds the group: a gloo rank that
+        freed it after its peer had exited once hung for good in the group's destructor. After an
+        error no rank waits for the others (they may never come)."""
+        self.wrapped = None
         if self.owned and torch.distributed.is_initialized():
+            if clean:
+                import gc
+                gc.collect()  # compiled and wrapped modules sit in reference cycles
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
             self.owned = False
 

@@ -100,10 +100,13 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     """
     ctx = setup_distributed(pick_device(cfg.device), cfg.parallel, cfg.zero_stage)
     try:
-        return _train(ctx, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s, stop_after_steps,
+        info = _train(ctx, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s, stop_after_steps,
                       log if ctx.is_main else (lambda *_: None))
-    finally:
-        ctx.teardown()
+    except BaseException:
+        ctx.teardown(clean=False)
+        raise
+    ctx.teardown()
+    return info
 
 
 def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume: str | None,
