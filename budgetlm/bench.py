@@ -257,13 +257,8 @@ def print_rows(rows: list[dict], header: bool = True) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.seq < 1 or min(args.micro_batch) < 1 or args.steps < 1 or args.accum < 1:
         raise BudgetLMError("--seq, --micro-batch, --accum and --steps must be positive")
-    ctx = setup(pick_device(args.device or "auto"), args.parallel, args.zero_stage)
-    try:
+    with setup(pick_device(args.device or "auto"), args.parallel, args.zero_stage) as ctx:
         _bench_settings(args, ctx)
-    except BaseException:
-        ctx.teardown(clean=False)
-        raise
-    ctx.teardown()
 
 
 def _bench_settings(args: argparse.Namespace, ctx: DistContext) -> None:

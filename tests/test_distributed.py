@@ -4,7 +4,6 @@ batch 2b — same windows, same losses (fp32, within 1e-5) — and resume across
 The ranks are started with torch.multiprocessing.spawn and join the group themselves, so one
 spawn can run several train() calls (straight, stopped, resumed)."""
 
-import gc
 import json
 import os
 import socket
@@ -16,6 +15,7 @@ import torch
 from budgetlm.config import TrainConfig, model_config
 from budgetlm.data.loader import BatchLoader
 from budgetlm.train import checkpoint as ckpt_mod
+from budgetlm.train.distributed import DistContext
 from budgetlm.train.trainer import train
 
 QUIET = dict(log=lambda *_: None)
@@ -55,10 +55,7 @@ def _worker(rank: int, world: int, port: int, jobs: list, result_path: str, env:
                 json.dump(results, f)
         ok = True
     finally:
-        if ok:  # as DistContext.teardown after a clean run
-            gc.collect()
-            torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        DistContext(rank=rank, world=world, owned=True).teardown(clean=ok)  # as the trainer ends its own group
     if ok:
         # Skip interpreter finalization: there gloo's worker threads sometimes abort the process
         # ("terminate called without an active exception", ~3% of runs of these tests, with or
@@ -197,7 +194,6 @@ def test_zero1_fused_adam_resumes_on_cuda(tmp_path):
 def test_teardown_waits_for_every_rank_only_after_a_clean_run(monkeypatch):
     """A clean end lets go of the wrapper, then barrier, then destroy (a gloo rank that freed the
     wrapper after its peer had exited hung once in CI); after an error no rank waits for others."""
-    from budgetlm.train.distributed import DistContext
     calls = []
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
@@ -212,3 +208,11 @@ def test_teardown_waits_for_every_rank_only_after_a_clean_run(monkeypatch):
     assert calls == ["destroy"]
     DistContext(world=2, parallel="ddp", owned=False).teardown()  # a group someone else started stays
     assert calls == ["destroy"]
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        with DistContext(world=2, parallel="ddp", owned=True):  # as train() and bench use it
+            raise RuntimeError("a rank failed")
+    assert calls == ["destroy"]
+    with DistContext(world=2, parallel="ddp", owned=True):
+        pass
+    assert calls == ["destroy", "barrier", "destroy"]

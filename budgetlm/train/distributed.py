@@ -225,6 +225,12 @@ class DistContext:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, cores // max(local, 1))
 
+    def __enter__(self) -> "DistContext":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self.teardown(clean=exc_type is None)
+
     def teardown(self, clean: bool = True) -> None:
         """End the process group this context started. After a clean run every rank first waits
         for the others and lets go of the DDP/FSDP wrapper, which holds the group: a gloo rank that

@@ -98,15 +98,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     stop_after_steps: end early as if interrupted (the schedule still assumes the full budget).
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 alone writes files and logs.
     """
-    ctx = setup_distributed(pick_device(cfg.device), cfg.parallel, cfg.zero_stage)
-    try:
-        info = _train(ctx, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s, stop_after_steps,
+    with setup_distributed(pick_device(cfg.device), cfg.parallel, cfg.zero_stage) as ctx:
+        return _train(ctx, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s, stop_after_steps,
                       log if ctx.is_main else (lambda *_: None))
-    except BaseException:
-        ctx.teardown(clean=False)
-        raise
-    ctx.teardown()
-    return info
 
 
 def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume: str | None,
