@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from budgetlm.config import TrainConfig, model_config
-from budgetlm.device import ATTENTION_BACKENDS, autocast_ctx, pick_device, resolve_attention, resolve_ce_kernel, resolve_fp8_head, synchronize
+from budgetlm.device import (ATTENTION_BACKENDS, autocast_ctx, pick_device, resolve_attention, resolve_ce_kernel,
+                             resolve_fp8_head, set_inductor_options, synchronize)
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.models.fp8 import FP8_RECIPES, enable_fp8
@@ -257,11 +258,12 @@ def print_rows(rows: list[dict], header: bool = True) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.seq < 1 or min(args.micro_batch) < 1 or args.steps < 1 or args.accum < 1:
         raise BudgetLMError("--seq, --micro-batch, --accum and --steps must be positive")
+    inductor = set_inductor_options(args.inductor)  # before any compile; checked before a GPU is touched
     with setup(pick_device(args.device or "auto"), args.parallel, args.zero_stage) as ctx:
-        _bench_settings(args, ctx)
+        _bench_settings(args, ctx, inductor)
 
 
-def _bench_settings(args: argparse.Namespace, ctx: DistContext) -> None:
+def _bench_settings(args: argparse.Namespace, ctx: DistContext, inductor: dict | None = None) -> None:
     base = dict(model_name=args.model, seq=args.seq, steps=args.steps, warmup=args.warmup,
                 compile=args.compile == "on", fused_loss=args.fused_loss == "on", attn=args.attn,
                 fused_adam=args.fused_adam == "on", dtype=args.dtype, recompute=args.recompute, fp8=args.fp8,
@@ -308,6 +310,8 @@ def _bench_settings(args: argparse.Namespace, ctx: DistContext) -> None:
                 if base["compile"]:
                     torch._dynamo.reset()  # each setting compiles afresh; don't let caches pile up
             r["setting"] = name if len(args.micro_batch) == 1 else f"{name} mb{mb}"
+            if inductor:
+                r["inductor"] = inductor
             if ctx.is_main:
                 print_rows([r], header=not rows)
             rows.append(r)
@@ -326,6 +330,8 @@ def register(sub) -> None:
     p.add_argument("--compile", choices=["on", "off"], default="on")
     p.add_argument("--compile-mode", default="default",
                    choices=["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"])
+    p.add_argument("--inductor", nargs="+", metavar="KEY=VALUE",
+                   help="torch._inductor.config options for this run, e.g. max_autotune_gemm=True combo_kernels=True")
     p.add_argument("--fused-loss", choices=["on", "off"], default="off",
                    help="chunked head+CE (saves memory; the compiled plain loss is faster on H100)")
     p.add_argument("--ce-kernel", choices=["auto", "on", "off"], default="auto",

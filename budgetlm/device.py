@@ -160,3 +160,34 @@ def resolve_attention(name: str, device: torch.device) -> str | None:
         hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
         return "cudnn" if hopper else None
     return name
+
+
+def set_inductor_options(pairs: list[str] | None) -> dict:
+    """Apply `--inductor KEY=VALUE` settings to torch._inductor.config (e.g. max_autotune_gemm=True,
+    combo_kernels=True) and return them as a dict for the results row. Values are Python literals
+    (True, 4, 'TRITON'); a bare word is taken as a string. Unknown keys are an error, not a no-op."""
+    import ast
+
+    import torch._inductor.config as inductor_config
+
+    options = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise BudgetLMError(f"--inductor {pair!r}: expected KEY=VALUE, e.g. max_autotune_gemm=True")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = text.strip()
+        try:
+            current = inductor_config
+            *parents, leaf = key.split(".")
+            for part in parents:  # nested configs such as triton.cudagraphs
+                current = getattr(current, part)
+            getattr(current, leaf)
+        except AttributeError:
+            raise BudgetLMError(f"--inductor {pair!r}: torch._inductor.config has no option {key!r}") from None
+        setattr(current, leaf, value)
+        options[key] = value
+    return options

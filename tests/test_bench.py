@@ -110,3 +110,28 @@ def test_bench_refuses_cuda_graph_modes_with_accumulation() -> None:
     with pytest.raises(BudgetLMError, match="does not run with --accum 2"):
         bench.bench_one("nano", seq=16, micro_batch=2, steps=1, warmup=1, device="cpu", dtype="float32",
                         fused_loss=False, accum=2, compile_mode="reduce-overhead")
+
+
+def test_inductor_options_are_set_checked_and_recorded(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch._inductor.config as inductor_config
+    from budgetlm.cli import main
+    from budgetlm.device import set_inductor_options
+    # patch() restores every option the test touches
+    with inductor_config.patch({"combo_kernels": inductor_config.combo_kernels,
+                                "max_autotune_gemm_backends": inductor_config.max_autotune_gemm_backends,
+                                "triton.cudagraphs": inductor_config.triton.cudagraphs}):
+        got = set_inductor_options(["combo_kernels=True", "max_autotune_gemm_backends=TRITON",
+                                    "triton.cudagraphs=False"])
+        assert got == {"combo_kernels": True, "max_autotune_gemm_backends": "TRITON", "triton.cudagraphs": False}
+        assert inductor_config.combo_kernels is True and inductor_config.max_autotune_gemm_backends == "TRITON"
+        for bad, why in (("no_such_option=1", "no option 'no_such_option'"), ("combo_kernels", "KEY=VALUE")):
+            with pytest.raises(BudgetLMError, match=why):
+                set_inductor_options([bad])
+        out = tmp_path / "rows.jsonl"
+        assert main(["bench", "--model", "nano", "--seq", "16", "--micro-batch", "2", "--steps", "1",
+                     "--warmup", "1", "--compile", "off", "--device", "cpu", "--results", str(out),
+                     "--inductor", "combo_kernels=False"]) == 0
+        import json
+        row = json.loads(out.read_text().splitlines()[0])
+        assert row["inductor"] == {"combo_kernels": False}
+        assert main(["bench", "--model", "nano", "--no-record", "--inductor", "nope=1"]) == 2
