@@ -29,10 +29,14 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from budgetlm.errors import BudgetLMError
+
+if TYPE_CHECKING:  # torch is imported lazily: building an n-gram model needs only numpy
+    import torch
 
 MAX_ORDER = 6
 _KIND = "budgetlm.kneser_ney.v1"
@@ -243,7 +247,7 @@ class KneserNeyLM:
             P, row = newP, inv.reshape(-1)
         return P[row]
 
-    def next_token_probs_torch(self, contexts: "torch.Tensor") -> "torch.Tensor":
+    def next_token_probs_torch(self, contexts: torch.Tensor) -> torch.Tensor:
         """Torch wrapper of :meth:`next_token_probs`; float32 on the input's device."""
         import torch
 
