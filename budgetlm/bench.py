@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from budgetlm.config import TrainConfig, model_config
-from budgetlm.device import (ATTENTION_BACKENDS, autocast_ctx, pick_device, resolve_attention, resolve_ce_kernel,
+from budgetlm.device import (ATTENTION_BACKENDS, autocast_ctx, keep_grads_allocated, pick_device, resolve_attention, resolve_ce_kernel,
                              resolve_fp8_head, set_inductor_options, synchronize)
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
@@ -103,9 +103,9 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
         data = data.pin_memory()
 
     graphs = compile and compile_mode in ("reduce-overhead", "max-autotune")
-    if graphs and accum > 1:  # see device.resolve_cuda_graphs
-        raise BudgetLMError(f"--compile-mode {compile_mode} (CUDA graphs) does not run with --accum {accum}: "
-                            "the graphs' replays overwrite tensors the accumulated gradients need")
+    graph_grads = graphs and accum > 1  # as in the trainer: gradients must outlive each replay
+    if graph_grads:
+        keep_grads_allocated(model.parameters())
 
     def step(i: int) -> torch.Tensor:
         """One optimizer step; returns the last micro-step's loss (a copy: a CUDA-graph replay
@@ -120,7 +120,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
                 (loss / accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=not graph_grads)
         return loss.detach().clone()
 
     t0 = time.perf_counter()

@@ -86,22 +86,33 @@ def resolve_cuda_graphs(setting: str, device: torch.device, compiled: bool, n_pa
                         distributed: bool, accum: int = 1) -> bool:
     """Whether to compile with CUDA graphs (torch.compile mode "reduce-overhead"): the step's
     kernels replay as one launch. `auto`: on for small models trained compiled on one CUDA GPU
-    without gradient accumulation: with two or more micro-batches per step the second replay
-    overwrote a tensor the first one's gradients still needed (torch 2.11, H200: a RuntimeError
-    from CUDA-graph trees in the trainer and in bench, benchmarks/RESULTS.md §2)."""
+    without gradient accumulation. With accumulation (`on` only) the caller must keep the
+    gradients allocated: see keep_grads_allocated."""
     if setting not in ("auto", "on", "off"):
         raise BudgetLMError(f"--cuda-graphs: unknown {setting!r} (use auto, on, off)")
     if setting == "on" and not (device.type == "cuda" and compiled):
         raise BudgetLMError("--cuda-graphs on needs a CUDA device and compilation (--compile auto/on)")
     if setting == "on" and distributed:
         raise BudgetLMError("--cuda-graphs on is not supported with DDP/FSDP (one process only)")
-    if setting == "on" and accum > 1:
-        raise BudgetLMError(f"--cuda-graphs on is not supported with gradient accumulation ({accum} micro-batches "
-                            "per step): lower --total-batch-tokens to one micro-batch, or use --cuda-graphs off")
     if setting == "auto":
         return (device.type == "cuda" and compiled and not distributed and accum == 1
                 and n_params < CUDA_GRAPHS_MAX_PARAMS)
     return setting == "on"
+
+
+def keep_grads_allocated(params) -> None:
+    """Give every trainable parameter a zero gradient now; the caller then zeroes them in place
+    (zero_grad(set_to_none=False)) instead of dropping them.
+
+    Why: a CUDA-graph replay writes its outputs into memory the next replay reuses. When .grad is
+    None, autograd does not copy the first micro-step's gradient: it keeps the graph's output tensor
+    as .grad, and the second micro-step's replay overwrites it ("accessing tensor output of CUDAGraphs
+    that has been overwritten", torch 2.11 on an H200). With .grad already allocated, every
+    micro-step's gradient is added into it in place and its graph output is dead before the next
+    replay."""
+    for p in params:
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
 
 
 def resolve_half_residual(setting: str, device: torch.device, dtype: torch.dtype, fp8: str = "off") -> bool:

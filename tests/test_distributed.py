@@ -166,7 +166,7 @@ def test_fused_adam_steps_return_to_the_parameter_device():
     assert plain.state[p]["step"].device.type == "cpu"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="ZeRO + fused AdamW on CUDA needs a GPU")
+@pytest.mark.gpu  # ZeRO + fused AdamW on CUDA; conftest skips it without a GPU
 def test_zero1_fused_adam_resumes_on_cuda(tmp_path):
     """The bug the H200 pair found: a ZeRO-1 checkpoint reloaded, then a fused AdamW step."""
     from torch.distributed.optim import ZeroRedundancyOptimizer

@@ -20,7 +20,7 @@ from budgetlm.config import ModelConfig, RunInfo, TrainConfig, to_dict
 from budgetlm.data.loader import BatchLoader
 from budgetlm.data.prepare import data_tokenizer, load_meta
 from budgetlm.data.shards import load_pattern, load_split
-from budgetlm.device import autocast_ctx, resolve_attention, resolve_ce_kernel, resolve_cuda_graphs, resolve_fp8_head, resolve_half_residual, pick_device, pick_dtype, set_threads, should_compile, synchronize
+from budgetlm.device import autocast_ctx, keep_grads_allocated, resolve_attention, resolve_ce_kernel, resolve_cuda_graphs, resolve_fp8_head, resolve_half_residual, pick_device, pick_dtype, set_threads, should_compile, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.eval.perplexity import evaluate
 from budgetlm.models import build_model
@@ -183,6 +183,9 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     peak = _device_peak(device)
     compiled = should_compile(cfg.compile, device)
     graphs = resolve_cuda_graphs(cfg.cuda_graphs, device, compiled, n_params, ctx.enabled, accum)
+    graph_grads = graphs and accum > 1  # gradients must outlive each replay: see keep_grads_allocated
+    if graph_grads:
+        keep_grads_allocated(model.parameters())
     run_model = (torch.compile(ddp_model, mode="reduce-overhead") if graphs else torch.compile(ddp_model)) \
         if compiled else ddp_model
     autocast = autocast_ctx(device, dtype)
@@ -294,7 +297,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
             ctx.mean_(loss_sum)  # averaged over ranks: the loss of the whole global batch
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=not graph_grads)
             step += 1
             tokens_seen += accum * step_micro
             session_tokens += accum * step_micro
