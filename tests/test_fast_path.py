@@ -311,6 +311,10 @@ def test_cuda_graphs_with_accumulation_train_like_plain_compile():
                             compile_mode=mode, fused_loss=False)
             for mode in ("default", "reduce-overhead")}
     a, b = rows["default"], rows["reduce-overhead"]
-    assert a["loss_first"] == pytest.approx(b["loss_first"], rel=1e-3)
-    assert a["loss_last"] == pytest.approx(b["loss_last"], rel=1e-3)
-    assert b["loss_last"] < b["loss_first"]  # it trained
+    print({m: (r["loss_first"], r["loss_last"]) for m, r in rows.items()})
+    # On random tokens the loss barely moves (~7e-3 over these steps), so the match must be tighter
+    # than that move: a graphed run whose gradients were lost would stay at its first loss.
+    for r in (a, b):
+        assert abs(r["loss_last"] - r["loss_first"]) > 2e-3  # the weights moved
+    assert a["loss_first"] == pytest.approx(b["loss_first"], abs=2e-4)
+    assert a["loss_last"] == pytest.approx(b["loss_last"], abs=2e-4)
