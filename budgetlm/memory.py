@@ -238,6 +238,10 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
         model.ce_kernel = resolve_ce_kernel("auto", device, fused_loss)
         model.half_residual = resolve_half_residual("auto", device, dtype) if half_residual is None \
             else half_residual
+    graph_grads = cuda_graphs and compile and accum > 1  # as in the trainer: see keep_grads_allocated
+    if graph_grads:
+        from budgetlm.device import keep_grads_allocated
+        keep_grads_allocated(model.parameters())
     run = (torch.compile(model, mode="reduce-overhead") if cuda_graphs else torch.compile(model)) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             **({"fused": True} if device.type == "cuda" else {"foreach": True}))
@@ -259,7 +263,7 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
             (loss / accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=not graph_grads)
         del logits, loss
         sync()
         return time.perf_counter() - t

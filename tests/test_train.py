@@ -150,3 +150,16 @@ def test_mfu_logged_in_both_conventions(synth_data, tmp_path, monkeypatch):
     extra = 6 * m.n_layer * m.n_embd * 32
     fpt = info.extra["flops_per_token"]
     assert info.extra["mfu_full_attn"] / info.extra["mfu"] == pytest.approx((fpt + extra) / fpt)
+
+
+@pytest.mark.gpu
+def test_small_model_trains_with_cuda_graphs_and_accumulation(synth_data, tmp_path):
+    """auto picks CUDA graphs for a small model on one GPU, with 2 micro-batches per step too
+    (their replays once overwrote each other's gradients); the run matches one without graphs."""
+    runs = {g: train(tiny_model(), cfg(tmp_path / g, budget="30-steps", total_batch_tokens=256, cuda_graphs=g,
+                                     device="cuda"), synth_data, **QUIET) for g in ("auto", "off")}
+    on, off = runs["auto"], runs["off"]
+    assert on.extra["cuda_graphs"] is True and off.extra["cuda_graphs"] is False
+    assert on.extra["accum"] == 2
+    assert on.extra["losses"][-1] < on.extra["losses"][0]
+    assert on.val_loss == pytest.approx(off.val_loss, rel=2e-2)

@@ -182,7 +182,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     n_params = model.num_params() if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
     peak = _device_peak(device)
     compiled = should_compile(cfg.compile, device)
-    graphs = resolve_cuda_graphs(cfg.cuda_graphs, device, compiled, n_params, ctx.enabled, accum)
+    graphs = resolve_cuda_graphs(cfg.cuda_graphs, device, compiled, n_params, ctx.enabled)
     graph_grads = graphs and accum > 1  # gradients must outlive each replay: see keep_grads_allocated
     if graph_grads:
         keep_grads_allocated(model.parameters())
@@ -387,7 +387,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     info.extra = {"budget": str(budget), "elapsed": clock.elapsed(), "eval_seconds": eval_seconds,
                   "checkpoint_seconds": ckpt_seconds, "val_tokens": ev["val_tokens"], "epochs": loader.epoch,
                   "device": device.type, "dtype": str(dtype).replace("torch.", ""), "threads": threads,
-                  "compile": compiled, "accum": accum, "losses": losses, "world": ctx.world,
+                  "compile": compiled, "cuda_graphs": graphs, "accum": accum, "losses": losses, "world": ctx.world,
                   "parallel": ctx.parallel + ("+zero1" if ctx.zero_stage else ""),
                   "flops_per_token": flops_per_token, "mfu": (tok_rate * flops_per_token / peak) if peak else None,
                   "mfu_full_attn": (tok_rate * flops_full / peak) if peak else None,
