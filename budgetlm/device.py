@@ -109,7 +109,8 @@ def keep_grads_allocated(params) -> None:
     as .grad, and the second micro-step's replay overwrites it ("accessing tensor output of CUDAGraphs
     that has been overwritten", torch 2.11 on an H200). With .grad already allocated, every
     micro-step's gradient is added into it in place and its graph output is dead before the next
-    replay."""
+    replay. One difference from set_to_none: a parameter that gets no gradient in a step still
+    takes AdamW's weight decay (a None grad would skip it); budgetlm's models use every parameter."""
     for p in params:
         if p.requires_grad and p.grad is None:
             p.grad = torch.zeros_like(p)
