@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from budgetlm.config import ModelConfig
-from budgetlm.device import resolve_ce_kernel, resolve_half_residual
+from budgetlm.device import keep_grads_allocated, resolve_ce_kernel, resolve_half_residual
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 
@@ -240,7 +240,6 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
             else half_residual
     graph_grads = cuda_graphs and compile and accum > 1  # as in the trainer: see keep_grads_allocated
     if graph_grads:
-        from budgetlm.device import keep_grads_allocated
         keep_grads_allocated(model.parameters())
     run = (torch.compile(model, mode="reduce-overhead") if cuda_graphs else torch.compile(model)) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
