@@ -25,6 +25,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)"))
 
 
+def end_spawned_rank(rank: int, world: int, ok: bool) -> None:
+    """End a test's mp.spawn worker as the trainer ends its own group (budgetlm's DistContext
+    teardown), then, after a clean run, skip interpreter finalization: there gloo's worker threads
+    sometimes abort the process ("terminate called without an active exception", ~3-5% of runs,
+    with or without the teardown; cf. pytorch/pytorch#179291) after the results are written."""
+    from budgetlm.train.distributed import DistContext
+    DistContext(rank=rank, world=world, owned=True).teardown(clean=ok)
+    if ok:
+        os._exit(0)
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):
     """~60k tokens of synthetic stories with a 512-token BPE, prepared once per session."""

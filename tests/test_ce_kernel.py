@@ -16,6 +16,7 @@ from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.models.ce_kernel import linear_cross_entropy, loss_and_grad_torch_
 from budgetlm.models.transformer import padded_cross_entropy
+from conftest import end_spawned_rank
 
 
 def _problem(n=48, d=16, vp=80, v=70, dtype=torch.float32, device="cpu", seed=0):
@@ -179,7 +180,6 @@ def _fsdp_worker(rank: int, world: int, port: int, result_path: str) -> None:
     import copy
 
     from torch.distributed.fsdp import fully_shard
-    from budgetlm.train.distributed import DistContext
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     ok = False
@@ -203,12 +203,7 @@ def _fsdp_worker(rank: int, world: int, port: int, result_path: str) -> None:
                 f.write(repr(max(errs)))
         ok = True
     finally:
-        DistContext(rank=rank, world=world, owned=True).teardown(clean=ok)  # barrier, then destroy
-    if ok:
-        # As in test_distributed's workers: gloo's threads can abort the process during interpreter
-        # finalization ("terminate called without an active exception", seen in CI here), after
-        # the result is written; skip finalization.
-        os._exit(0)
+        end_spawned_rank(rank, world, ok)
 
 
 def test_kernel_head_under_fsdp2_matches_one_process(tmp_path):

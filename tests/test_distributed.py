@@ -17,6 +17,7 @@ from budgetlm.data.loader import BatchLoader
 from budgetlm.train import checkpoint as ckpt_mod
 from budgetlm.train.distributed import DistContext
 from budgetlm.train.trainer import train
+from conftest import end_spawned_rank
 
 QUIET = dict(log=lambda *_: None)
 MODEL = dict(n_layer=1, n_head=2, n_embd=16)
@@ -55,12 +56,7 @@ def _worker(rank: int, world: int, port: int, jobs: list, result_path: str, env:
                 json.dump(results, f)
         ok = True
     finally:
-        DistContext(rank=rank, world=world, owned=True).teardown(clean=ok)  # as the trainer ends its own group
-    if ok:
-        # Skip interpreter finalization: there gloo's worker threads sometimes abort the process
-        # ("terminate called without an active exception", ~3% of runs of these tests, with or
-        # without the trainer's teardown; cf. pytorch/pytorch#179291) after all results are written.
-        os._exit(0)
+        end_spawned_rank(rank, world, ok)
 
 
 def run_ranks(tmp_path, jobs: list, world: int = 2, env: dict | None = None) -> list[dict]:
