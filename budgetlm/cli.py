@@ -13,9 +13,9 @@ from budgetlm.errors import BudgetLMError
 MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "norm", "pos", "mlp_hidden")
 TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac", "warmup_frac", "warmup_steps",
                "schedule", "weight_decay", "grad_clip", "seed", "device", "dtype", "compile", "threads",
-               "eval_every", "eval_tokens", "checkpoint_every", "log_every", "fused_loss", "ce_kernel", "recompute", "attn", "fp8", "fp8_modules", "fp8_head", "half_residual", "cuda_graphs", "teacher", "distill_steps",
+               "eval_every", "eval_points", "eval_tokens", "checkpoint_every", "log_every", "log_to", "fused_loss", "ce_kernel", "recompute", "attn", "fp8", "fp8_modules", "fp8_head", "half_residual", "cuda_graphs", "teacher", "distill_steps",
                "distill_alpha", "distill_temp", "max_steps", "sample_every", "sample_tokens", "hellaswag_every",
-               "hellaswag_items", "train_shards", "val_shards", "parallel", "zero_stage")
+               "hellaswag_items", "hellaswag_file", "train_shards", "val_shards", "parallel", "zero_stage")
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -50,10 +50,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
     g.add_argument("--compile", choices=["auto", "on", "off"])
     g.add_argument("--threads", type=int)
-    g.add_argument("--eval-every", type=int, help="steps between evals (0 = only at the end)")
+    g.add_argument("--eval-every", type=int,
+                   help="steps between evals (0 = time budgets: --eval-points evals over the budget; else at the end)")
+    g.add_argument("--eval-points", type=int, help="with --eval-every 0: evals spread over a time budget (10; 0 = none)")
     g.add_argument("--eval-tokens", type=int)
     g.add_argument("--checkpoint-every", type=int)
     g.add_argument("--log-every", type=int)
+    g.add_argument("--log-to", help="metric sinks besides metrics.jsonl: tensorboard, wandb (offline), comma-separated "
+                                    "(default auto: jsonl + tensorboard when installed)")
     g.add_argument("--fused-loss", choices=["auto", "on", "off"], help="chunked head+cross-entropy, saves memory (auto: off)")
     g.add_argument("--ce-kernel", choices=["auto", "on", "off"],
                    help="loss gradient written over the logits by one Triton kernel (auto: CUDA with Triton)")
@@ -93,6 +97,8 @@ def _add_llmc_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("-h", "--hellaswag", type=int, choices=[0, 1], help="1: HellaSwag at every eval (-v)")
     g.add_argument("--hellaswag-every", type=int, help="steps between HellaSwag evals (and at the end)")
     g.add_argument("--hellaswag-items", type=int, help="items per HellaSwag eval (0 = all 10,042)")
+    g.add_argument("--hellaswag-file", help="local HellaSwag val file (.jsonl or .jsonl.xz) instead of the download "
+                                            "(or set BUDGETLM_HELLASWAG_FILE)")
     g.add_argument("-y", dest="resume_llmc", type=int, choices=[0, 1], help="1 = --resume (latest in --out)")
     g.add_argument("-e", dest="model", help="= --model: d12, d24, d36, d48 or another preset")
     g.add_argument("-r", dest="recompute", type=int, choices=[0, 1, 2], help="= --recompute")
@@ -179,16 +185,38 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from budgetlm.eval.perplexity import evaluate
     from budgetlm.report import load_model
 
+    if args.text and args.data:
+        raise BudgetLMError("--text and --data: give one (a text file to score, or a prepared data folder)")
+    for flag, on in (("--fuse", args.fuse), ("--stories", args.stories)):
+        if on and not args.data:
+            raise BudgetLMError(f"{flag} needs --data (the prepared folder)")
+    if not (args.data or args.text or args.hellaswag is not None):
+        raise BudgetLMError("give --data DIR (prepared folder), --text FILE or --hellaswag [N]")
     model, tok, ckpt = load_model(args.checkpoint, args.device or "auto")
+    device = next(model.parameters()).device
+    seq = args.seq_len or model.cfg.block_size
+    if not args.data:  # --text and/or --hellaswag only
+        from budgetlm.eval.hellaswag import score_file
+        from budgetlm.eval.text import evaluate_text
+        result = evaluate_text(model, tok, args.text, seq, args.batch_size, device, args.max_tokens or 0) \
+            if args.text else {}
+        result.update({"checkpoint": str(ckpt)} | ({"text": args.text} if args.text else {}))
+        if args.hellaswag is not None:
+            result["hellaswag"] = score_file(model, tok, args.hellaswag_file, args.hellaswag, device)
+        print(json.dumps(result, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return
     data_tok = data_tokenizer(args.data)
     if data_tok.fingerprint() != tok.fingerprint():
         raise BudgetLMError(f"--data {args.data}: tokenizer ({data_tok.spec}) does not match the checkpoint's "
                             f"({tok.spec}) in {ckpt}")
-    seq = args.seq_len or model.cfg.block_size
     val = load_split(args.data, args.split)
-    device = next(model.parameters()).device
     result = evaluate(model, val, tok.token_bytes(), seq, args.batch_size, device, max_tokens=args.max_tokens or 0)
     result.update({"checkpoint": str(ckpt), "split": args.split})
+    if args.hellaswag is not None:
+        from budgetlm.eval.hellaswag import score_file
+        result["hellaswag"] = score_file(model, tok, args.hellaswag_file, args.hellaswag, device)
     fuser = None
     if args.fuse:
         from budgetlm.fusion import Fuser
@@ -274,7 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("eval", help="validation loss, perplexity, bits per byte (and story metrics)")
     sp.add_argument("checkpoint", help="run or checkpoint folder")
-    sp.add_argument("--data", required=True, help="prepared data folder (same tokenizer)")
+    sp.add_argument("--data", help="prepared data folder (same tokenizer)")
+    sp.add_argument("--text", help="score a text file instead (.txt/.jsonl/.parquet, or a folder), tokenized with "
+                                   "the checkpoint's tokenizer exactly as 'prepare' would")
+    sp.add_argument("--hellaswag", type=int, nargs="?", const=0, metavar="N",
+                    help="also HellaSwag acc / acc_norm on the first N items (default all 10,042)")
+    sp.add_argument("--hellaswag-file", help="local HellaSwag val file (.jsonl or .jsonl.xz; or BUDGETLM_HELLASWAG_FILE)")
     sp.add_argument("--split", default="val")
     sp.add_argument("--seq-len", type=int)
     sp.add_argument("--batch-size", type=int, default=16)

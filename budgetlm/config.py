@@ -151,11 +151,13 @@ class TrainConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16
     compile: str = "auto"  # auto | on | off
     threads: int | None = None
-    eval_every: int = 0  # steps; 0 = only at the end
+    eval_every: int = 0  # steps; 0 = time budgets: eval_points evals spread over the budget, else only at the end
+    eval_points: int = 10  # with eval_every 0 and a time budget: an eval at each 1/eval_points of it (0 = none)
     eval_tokens: int = 65536  # validation tokens scored at each eval
     final_eval_tokens: int = 0  # 0 = the whole validation split
     checkpoint_every: int = 0  # steps; 0 = only at the end
     log_every: int = 10
+    log_to: str = "auto"  # metric sinks: jsonl,tensorboard,wandb (train/sinks.py; auto = jsonl + tensorboard)
     out_dir: str = "runs/latest"
     progress: bool = True
     fused_loss: str = "auto"  # auto | on | off: chunked head + cross-entropy, saves memory (auto: off)
@@ -176,6 +178,7 @@ class TrainConfig:
     sample_tokens: int = 64  # tokens per sample
     hellaswag_every: int = 0  # steps between HellaSwag evals (0 = never); also run at the end when on
     hellaswag_items: int = 0  # HellaSwag items scored per eval (0 = all 10,042)
+    hellaswag_file: str | None = None  # a local HellaSwag val file (.jsonl or .jsonl.xz) instead of the download
     train_shards: str | None = None  # glob of train shards (llm.c -i); default: the data folder's train split
     val_shards: str | None = None  # glob of val shards (llm.c -j)
     parallel: str = "auto"  # auto | ddp | fsdp; used when launched by torchrun with WORLD_SIZE > 1

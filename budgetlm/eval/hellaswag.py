@@ -5,6 +5,11 @@ Each item is a context and four endings. A row is `ctx + " " + ending` (the endi
 with its leading space); the model's per-token cross-entropy over the ending tokens only is
 summed (acc) or averaged (acc_norm, the number llm.c and build-nanogpt report), and the
 lowest-loss ending is the prediction. Items are strided over ranks; counts are all-reduced.
+
+Files: the original hellaswag_val.jsonl (downloaded once, the default), or a local copy named by
+--hellaswag-file / BUDGETLM_HELLASWAG_FILE, plain or .xz/.gz-compressed, in the original form or
+the converted one ({ind, activity_label, ctx, label, endings}, no ctx_a/ctx_b): only ctx, endings
+and label are read.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from budgetlm.errors import BudgetLMError
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 FILE_NAME = "hellaswag_val.jsonl"
+FILE_ENV = "BUDGETLM_HELLASWAG_FILE"  # a local validation file instead of the download
 VAL_ITEMS = 10042
 
 # acc_norm references (fractions), zero-shot, on the 10,042-item validation split:
@@ -73,23 +79,54 @@ def download(url: str = HELLASWAG_URL, cache_dir: str | Path | None = None, time
     return path
 
 
+def locate(path: str | Path | None = None) -> Path:
+    """The file to score: `path`, else $BUDGETLM_HELLASWAG_FILE, else the cached or downloaded original."""
+    local = path or os.environ.get(FILE_ENV)
+    if not local:
+        return download()
+    local = Path(local)
+    if not local.is_file():
+        source = "--hellaswag-file" if path else FILE_ENV
+        raise BudgetLMError(f"{source} {local}: file not found")
+    return local
+
+
+def _open_text(path: Path):
+    """The file as text, through lzma/gzip when its name ends in .xz/.gz."""
+    import gzip
+    import lzma
+    opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
+    return opener(path, "rt", encoding="utf-8")
+
+
 def load_examples(path: str | Path, limit: int = 0) -> list[dict[str, Any]]:
     """Items with ctx, endings (4) and label; the first `limit` when limit > 0."""
+    import gzip
+    import lzma
+    try:
+        with _open_text(Path(path)) as f:
+            return _read_items(f, path, limit)
+    except (lzma.LZMAError, gzip.BadGzipFile, EOFError, UnicodeDecodeError) as e:
+        raise BudgetLMError(f"{path}: cannot be read as HellaSwag jsonl ({e})") from None
+    except FileNotFoundError:
+        raise BudgetLMError(f"{path}: file not found") from None
+
+
+def _read_items(lines, path: str | Path, limit: int) -> list[dict[str, Any]]:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ex = json.loads(line)
-                ok = isinstance(ex["ctx"], str) and len(ex["endings"]) == 4 and 0 <= int(ex["label"]) < 4
-            except (ValueError, KeyError, TypeError):
-                ok = False
-            if not ok:
-                raise BudgetLMError(f"{path}:{lineno}: not a HellaSwag item (needs ctx, 4 endings, label 0-3)")
-            out.append(ex)
-            if limit and len(out) >= limit:
-                break
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            ex = json.loads(line)
+            ok = isinstance(ex["ctx"], str) and len(ex["endings"]) == 4 and 0 <= int(ex["label"]) < 4
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise BudgetLMError(f"{path}:{lineno}: not a HellaSwag item (needs ctx, 4 endings, label 0-3)")
+        out.append(ex)
+        if limit and len(out) >= limit:
+            break
     return out
 
 
@@ -164,3 +201,11 @@ def evaluate_hellaswag(model: torch.nn.Module, tokenizer: Any, examples: Sequenc
             sums = reduce(sums)
     n, correct, correct_norm = (int(round(v)) for v in sums)
     return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "n": n}
+
+
+def score_file(model: torch.nn.Module, tokenizer: Any, path: str | Path | None = None, limit: int = 0,
+               device: torch.device | str = "cpu", autocast=None) -> dict[str, Any]:
+    """acc, acc_norm and n on the first `limit` items (0 = all) of the file locate(path) finds."""
+    file = locate(path)
+    result = evaluate_hellaswag(model, tokenizer, load_examples(file, limit), device, autocast=autocast)
+    return {**result, "file": str(file)}

@@ -30,9 +30,13 @@ from budgetlm.train.budget import lr_at, parse_budget
 from budgetlm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from budgetlm.train.distributed import DistContext, maybe_main_first, setup as setup_distributed
 from budgetlm.train.progress import Progress
+from budgetlm.train.sinks import open_sinks
 
 # Replaces the loss (distillation and the like): (step, frac, x, y, logits, loss) -> loss, or None to keep it.
 LossHook = Callable[..., "torch.Tensor | None"]
+
+PERIODIC_EVAL_SHARE = 0.02  # of a time budget, for all its periodic evals together (eval_points)
+WARM_STEPS, TIMED_STEPS = 3, 11  # steps 1-3 compile / record CUDA graphs; 4-11 give the steady step time
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -101,6 +105,18 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     with setup_distributed(pick_device(cfg.device), cfg.parallel, cfg.zero_stage) as ctx:
         return _train(ctx, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s, stop_after_steps,
                       log if ctx.is_main else (lambda *_: None))
+
+
+def compile_seconds(step_times: list[float], compiled: bool) -> float | None:
+    """Seconds the warm-up steps (1-3: compile, CUDA-graph recording) took beyond a steady step, the
+    median of steps 4-11; with fewer steps than that, the first step's whole duration. None uncompiled."""
+    if not compiled or not step_times:
+        return None
+    warm, steady = step_times[:WARM_STEPS], sorted(step_times[WARM_STEPS:])
+    if not steady:
+        return step_times[0]
+    base = steady[len(steady) // 2]
+    return sum(max(0.0, t - base) for t in warm)
 
 
 def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume: str | None,
@@ -196,15 +212,15 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     final_eval_tokens = cfg.final_eval_tokens or val_tokens.size
     ckpt_root = out / "checkpoints"
     pending_losses: list[torch.Tensor] = []  # per-step losses not yet read back from the device
-    metrics_f = open(out / "metrics.jsonl", "a") if ctx.is_main else None
+    sinks = open_sinks(out, cfg.log_to, resume_step=step if state is not None else None,
+                       config={"model": to_dict(model_cfg), "train": to_dict(cfg)}, log=log) if ctx.is_main else None
     flops_per_token = model.flops_per_token(cfg.seq_len) if hasattr(model, "flops_per_token") else 6 * n_params
     # nanoGPT's/TinyLlama's MFU counts attention over the whole T x T square; logged beside ours to compare
     flops_full = getattr(model, "flops_per_token_full_attention", lambda _: flops_per_token)(cfg.seq_len)
 
     def write_metrics(rec: dict[str, Any]) -> None:
-        if metrics_f is not None:
-            metrics_f.write(json.dumps(rec) + "\n")
-            metrics_f.flush()
+        if sinks is not None:
+            sinks.log(rec)
 
     def checkpoint() -> float:
         t = time.perf_counter()
@@ -239,7 +255,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     if cfg.hellaswag_every:
         from budgetlm.eval import hellaswag
         with maybe_main_first(ctx):  # rank 0 downloads, the others then read the cached file
-            hs_examples = hellaswag.load_examples(hellaswag.download(), cfg.hellaswag_items)
+            hs_examples = hellaswag.load_examples(hellaswag.locate(cfg.hellaswag_file), cfg.hellaswag_items)
 
     def run_hellaswag() -> dict[str, float]:
         r = hellaswag.evaluate_hellaswag(model, tokenizer, hs_examples, device, ctx.rank, ctx.world, autocast,
@@ -259,11 +275,35 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     hs_seconds = 0.0  # last HellaSwag eval's duration, kept in the reserve for the final one
     tok_rate = 0.0
     train_start = clock.elapsed()
+    session_before = clock.before  # seconds of earlier sessions: first_step_s counts from this session's start
+    step_times: list[float] = []  # wall seconds of the first TIMED_STEPS steps (synchronized), for compile_s
+    first_step_s = None
+    # Time budgets with no --eval-every: an eval at each 1/eval_points of the budget, so curves have points.
+    periodic = budget.kind == "time" and not cfg.eval_every and cfg.eval_points > 0
+    next_eval_frac = (math.floor(max_frac * cfg.eval_points) + 1) / cfg.eval_points if periodic else math.inf
+
+    def eval_point(max_tokens: int) -> None:
+        """A validation eval during training: logged, and its speed re-sizes the final eval's reserve."""
+        nonlocal eval_speed, reserve
+        t = time.perf_counter()
+        ev = run_eval(max_tokens)
+        eval_speed = ctx.broadcast_float(ev["val_tokens"] / (time.perf_counter() - t))
+        reserve = reserve_s + 1.0 + 1.1 * final_eval_tokens / eval_speed
+        write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), **ev})
+        progress.note(f"step {step}: val loss {ev['val_loss']:.4f} bpb {ev['val_bpb']:.4f}")
+
+    def periodic_eval_tokens() -> int:
+        """Tokens one periodic eval may score: PERIODIC_EVAL_SHARE of the budget over all points at the
+        measured eval speed (2x train speed until measured), within [one micro-batch, --eval-tokens]."""
+        speed = eval_speed or 2 * tok_rate
+        n = min(cfg.eval_tokens, max(micro_tokens, PERIODIC_EVAL_SHARE * budget.amount / cfg.eval_points * speed))
+        return int(ctx.broadcast_float(float(n)))  # every rank scores the same batches
     session_tokens, session_start = 0, time.perf_counter()
     interrupted = False
     model.train()
     try:
         while True:
+            t_step = time.perf_counter()
             elapsed = clock.elapsed()
             if budget.kind == "time":
                 frac = elapsed / max(budget.amount - reserve - hs_seconds, 1e-9)
@@ -309,6 +349,11 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                 if not math.isfinite(losses[-1]):
                     raise BudgetLMError(f"training diverged at step {step} (loss {losses[-1]}); try a lower --lr")
             loss_val = losses[-1]
+            if len(step_times) < TIMED_STEPS:  # wait for the device so the first steps' times are exact
+                synchronize(device)
+                step_times.append(time.perf_counter() - t_step)
+                if first_step_s is None:
+                    first_step_s = clock.elapsed() - session_before
             tok_rate = session_tokens / max(time.perf_counter() - session_start, 1e-9)
             if eval_speed is None and step == 3:  # time one eval batch once warm, to size the final eval
                 t = time.perf_counter()
@@ -335,13 +380,11 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                     rec["grad_norm"] = ctx.scalar(norm) if ctx.enabled else float(norm)
                 write_metrics(rec)
             if cfg.eval_every and step % cfg.eval_every == 0:
-                t = time.perf_counter()
-                ev = run_eval(cfg.eval_tokens)
-                dt = time.perf_counter() - t
-                eval_speed = ev["val_tokens"] / dt
-                reserve = reserve_s + 1.0 + 1.1 * final_eval_tokens / eval_speed
-                write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), **ev})
-                progress.note(f"step {step}: val loss {ev['val_loss']:.4f} bpb {ev['val_bpb']:.4f}")
+                eval_point(cfg.eval_tokens)
+            elif max_frac >= next_eval_frac:
+                if next_eval_frac < 1.0:  # the last point is the final eval
+                    eval_point(periodic_eval_tokens())
+                next_eval_frac = (math.floor(max_frac * cfg.eval_points) + 1) / cfg.eval_points
             if cfg.hellaswag_every and step % cfg.hellaswag_every == 0:
                 t = time.perf_counter()
                 hs = run_hellaswag()
@@ -368,8 +411,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     train_seconds = clock.elapsed() - train_start
     if interrupted:
         checkpoint()
-        if metrics_f is not None:
-            metrics_f.close()
+        if sinks is not None:
+            sinks.close()
         raise BudgetLMError(f"interrupted at step {step}; checkpoint saved; continue with --resume {out}")
     if step == 0 and stop_after_steps != 0:
         raise BudgetLMError(f"--budget {cfg.budget}: too small to take one training step "
@@ -392,15 +435,19 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                   "flops_per_token": flops_per_token, "mfu": (tok_rate * flops_per_token / peak) if peak else None,
                   "mfu_full_attn": (tok_rate * flops_full / peak) if peak else None,
                   "model": to_dict(model_cfg), "train": to_dict(cfg),
+                  "compile_s": compile_seconds(step_times, compiled), "first_step_s": first_step_s,
                   "data": meta}
     if cfg.hellaswag_every:
         info.extra.update({k: v for k, v in ev.items() if k.startswith("hellaswag")})
     write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), "final": True, **ev})
-    if metrics_f is not None:
-        metrics_f.close()
+    if sinks is not None:
+        sinks.close()
         summary = {k: v for k, v in to_dict(info).items() if k != "extra"}
         summary.update({k: v for k, v in info.extra.items() if k != "losses"})
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    compile_s = info.extra["compile_s"]
+    log((f"compile {compile_s:.1f} s; " if compile_s is not None else "compile off; ")
+        + (f"first step at {first_step_s:.1f} s" if first_step_s is not None else "no step in this session"))
     log(f"trained {step} steps, {tokens_seen:,} tokens in {train_seconds:.1f}s ({tok_rate:,.0f} tok/s); "
         f"final eval {eval_seconds:.1f}s + checkpoint {ckpt_seconds:.1f}s; total {clock.elapsed():.1f}s of budget {budget}")
     return info
