@@ -168,3 +168,76 @@ def test_references_are_recorded():
     assert hs.REFERENCES["GPT-2 124M"] == pytest.approx(0.2945, abs=1e-3)
     assert hs.REFERENCES["GPT-2 1.5B"] == pytest.approx(0.489, abs=1e-3)
     assert hs.REFERENCES["GPT-3 1.3B"] == pytest.approx(0.547)
+
+
+SHARED_HELLASWAG = Path(__file__).resolve().parents[1].parent / "shared/data/hellaswag/hellaswag_val.jsonl.xz"
+
+
+@pytest.fixture
+def shared_hellaswag():
+    if not SHARED_HELLASWAG.is_file():
+        pytest.skip(f"shared HellaSwag validation file not found at {SHARED_HELLASWAG}")
+    return SHARED_HELLASWAG
+
+
+def test_real_validation_set_loads_from_xz(shared_hellaswag):
+    items = hs.load_examples(shared_hellaswag)
+    assert len(items) == hs.VAL_ITEMS == 10042
+    assert [ex["ind"] for ex in items[:3]] == [0, 1, 2] and {ex["label"] for ex in items} == {0, 1, 2, 3}
+    assert items[0]["ctx"] == "A man is sitting on a roof. he"
+    assert items[0]["endings"][items[0]["label"]] == "starts pulling up roofing on a roof."
+    for ex in (items[0], items[5000], items[-1]):  # rendered as ctx + " " + ending, the ending masked in
+        tokens, mask, label = hs.render_example(ex, ByteTok())
+        assert label == ex["label"]
+        for row, m, ending in zip(tokens, mask, ex["endings"]):
+            text = (ex["ctx"] + " " + ending).encode()
+            assert row[:len(text)].tolist() == list(text) and row[len(text):].sum() == 0
+            assert m.sum() == len((" " + ending).encode()) and m[len(ex["ctx"].encode())] == 1
+    assert len(hs.load_examples(shared_hellaswag, limit=7)) == 7
+
+
+def test_converted_items_score_like_the_original_format(shared_hellaswag, tmp_path):
+    """The first 50 items of the shared (converted, xz) file written back in the original layout
+    (ctx_a/ctx_b/split/split_type/source_id) score the same with a seeded model."""
+    from budgetlm.config import ModelConfig
+    from budgetlm.models import build_model
+    items = hs.load_examples(shared_hellaswag, limit=50)
+    original = tmp_path / "hellaswag_val.jsonl"
+    original.write_text("".join(json.dumps({"ind": ex["ind"], "activity_label": ex["activity_label"],
+                                            "ctx_a": ex["ctx"], "ctx_b": "", "ctx": ex["ctx"], "split": "val",
+                                            "split_type": "indomain", "label": ex["label"], "endings": ex["endings"],
+                                            "source_id": f"x~{ex['ind']}"}) + "\n" for ex in items))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=256, block_size=512, n_layer=1, n_head=2, n_embd=32))
+    converted = hs.evaluate_hellaswag(model, ByteTok(), items)
+    assert converted == hs.evaluate_hellaswag(model, ByteTok(), hs.load_examples(original))
+    assert converted["n"] == 50 and 0 < converted["acc_norm"] < 1
+
+
+def test_local_file_by_flag_or_env(shared_hellaswag, tmp_path, monkeypatch):
+    assert hs.locate(shared_hellaswag) == shared_hellaswag
+    monkeypatch.setenv(hs.FILE_ENV, str(shared_hellaswag))
+    assert hs.locate() == shared_hellaswag
+    monkeypatch.setenv(hs.FILE_ENV, str(tmp_path / "gone.jsonl.xz"))
+    with pytest.raises(BudgetLMError, match="BUDGETLM_HELLASWAG_FILE .*gone.jsonl.xz: file not found"):
+        hs.locate()
+    with pytest.raises(BudgetLMError, match="--hellaswag-file .*gone.jsonl: file not found"):
+        hs.locate(tmp_path / "gone.jsonl")
+    bad = tmp_path / "bad.jsonl.xz"
+    bad.write_bytes(b"not xz at all")
+    with pytest.raises(BudgetLMError, match="bad.jsonl.xz: cannot be read as HellaSwag jsonl"):
+        hs.load_examples(bad)
+
+
+def test_trainer_reads_a_local_xz_file(synth_data, tmp_path):
+    import lzma
+    from budgetlm.config import TrainConfig, model_config
+    from budgetlm.train.trainer import train
+    src = write_fixture(tmp_path / "h.jsonl", n=5)
+    packed = tmp_path / "h.jsonl.xz"
+    packed.write_bytes(lzma.compress(src.read_bytes()))
+    info = train(model_config(n_layer=1, n_head=2, n_embd=16),
+                 TrainConfig(budget="2-steps", batch_size=2, seq_len=32, out_dir=str(tmp_path / "run"), progress=False,
+                             final_eval_tokens=256, threads=1, compile="off", log_to="jsonl", hellaswag_every=2,
+                             hellaswag_file=str(packed)), synth_data, log=lambda *_: None)
+    assert info.extra["hellaswag_n"] == 5
