@@ -268,7 +268,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_speedrun(args: argparse.Namespace) -> None:
     from budgetlm.speedrun import speedrun
     overrides = {**_picked(args, ("n_layer", "n_head", "n_embd", "mlp", "norm", "pos", "seq_len", "batch_size", "lr",
-                                  "compile", "threads")), "progress": not args.no_progress}
+                                  "compile", "threads", "log_to")), "progress": not args.no_progress}
     speedrun(args.budget, args.data, args.tokenizer, args.out, args.device or "auto", seed=args.seed,
              overrides=overrides, auto=args.auto_size, probe_seconds=args.probe_seconds)
 
@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--norm", choices=["layernorm", "rmsnorm"])
     sp.add_argument("--pos", choices=["learned", "rope"])
     sp.add_argument("--compile", choices=["auto", "on", "off"])
+    sp.add_argument("--log-to", help="metric sinks besides metrics.jsonl: tensorboard, wandb (default auto)")
     sp.set_defaults(fn=cmd_speedrun)
 
     from budgetlm import bench, export, ngram_cli, plan

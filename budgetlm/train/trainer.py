@@ -294,10 +294,12 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
 
     def periodic_eval_tokens() -> int:
         """Tokens one periodic eval may score: PERIODIC_EVAL_SHARE of the budget over all points at the
-        measured eval speed (2x train speed until measured), within [one micro-batch, --eval-tokens]."""
+        measured eval speed (2x train speed until measured), within [one micro-batch, --eval-tokens], in
+        whole micro-batches: the batch shape the compiled model already saw at step 3, so no recompile."""
         speed = eval_speed or 2 * tok_rate
-        n = min(cfg.eval_tokens, max(micro_tokens, PERIODIC_EVAL_SHARE * budget.amount / cfg.eval_points * speed))
-        return int(ctx.broadcast_float(float(n)))  # every rank scores the same batches
+        n = min(cfg.eval_tokens, PERIODIC_EVAL_SHARE * budget.amount / cfg.eval_points * speed)
+        n = max(1, int(ctx.broadcast_float(float(n))) // micro_tokens) * micro_tokens  # same batches on every rank
+        return n
     session_tokens, session_start = 0, time.perf_counter()
     interrupted = False
     model.train()
