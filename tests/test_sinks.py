@@ -42,12 +42,28 @@ def test_time_budget_gets_periodic_bounded_evals_and_ends_on_time(time_run):
     rows = rows_of(out)
     val = [r for r in rows if "val_loss" in r and not r.get("final")]
     # eval points at 20/40/60/80% of the budget; the 100% point is the final eval
-    assert 3 <= len(val) <= 4, [r["frac"] for r in rows if "frac" in r][-3:]
+    assert 2 <= len(val) <= 4, [r["frac"] for r in rows if "frac" in r][-3:]  # fewer only if evals run slow
     assert [r["step"] for r in val] == sorted({r["step"] for r in val})
     assert all(r["val_tokens"] < TrainConfig().eval_tokens for r in val)  # sized to a small share of 3 s
-    assert all(r["val_tokens"] % (4 * 32) == 0 for r in val)  # whole micro-batches: no new shape to compile
+    assert all(r["val_tokens"] % 32 == 0 for r in val)  # whole sequences (whole micro-batches when compiled)
     assert rows[-1]["final"] and rows[-1]["val_tokens"] == 2048
     assert info.extra["elapsed"] <= 3.0 + 0.75
+
+
+def test_slow_evals_mean_fewer_points_not_a_late_run(synth_data, tmp_path, monkeypatch):
+    """Evals that cost more than the periodic share (here: 0.2 s each, 2% of 2 s is 0.04 s) are skipped."""
+    import time
+    from budgetlm.train import trainer
+
+    def slow(*a, **k):
+        time.sleep(0.2)
+        return real(*a, **k)
+    real = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", slow)
+    info = train(model_config(n_layer=1, n_head=2, n_embd=16), tiny_cfg(tmp_path, budget="2s", log_to="jsonl"),
+                 synth_data, **QUIET)
+    assert [r["step"] for r in rows_of(tmp_path) if "val_loss" in r] == [info.steps]  # the final eval only
+    assert info.extra["elapsed"] <= 2.0 + 0.75
 
 
 def test_tensorboard_scalars_match_metrics_jsonl(time_run):
@@ -80,7 +96,7 @@ def test_plot_reads_the_richer_metrics(time_run, tmp_path):
     out, _ = time_run
     assert main(["plot", str(out), "--out", str(tmp_path / "p.png")]) == 0
     from budgetlm.plot import load_run
-    assert len(load_run(out)["val"]) >= 4 and (tmp_path / "p.png").stat().st_size > 10_000
+    assert len(load_run(out)["val"]) >= 3 and (tmp_path / "p.png").stat().st_size > 10_000
 
 
 def test_step_budget_keeps_its_single_final_eval(synth_data, tmp_path):

@@ -270,7 +270,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
 
     # Reserve for the final eval + checkpoint, re-estimated from the measured speed as we go.
     reserve = reserve_s + 1.0
-    eval_speed = None  # tokens/s of forward-only passes, measured at the first periodic eval
+    eval_speed = None  # tokens/s of forward-only passes, measured at step 3 and at each eval during training
     progress = Progress(budget, enabled=cfg.progress and ctx.is_main)
     hs_seconds = 0.0  # last HellaSwag eval's duration, kept in the reserve for the final one
     tok_rate = 0.0
@@ -282,24 +282,43 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     periodic = budget.kind == "time" and not cfg.eval_every and cfg.eval_points > 0
     next_eval_frac = (math.floor(max_frac * cfg.eval_points) + 1) / cfg.eval_points if periodic else math.inf
 
-    def eval_point(max_tokens: int) -> None:
-        """A validation eval during training: logged, and its speed re-sizes the final eval's reserve."""
-        nonlocal eval_speed, reserve
+    def measured_eval_speed(speed: float) -> None:
+        """Size the final eval and its reserve from a measured eval speed (tokens/s, rank 0's)."""
+        nonlocal eval_speed, reserve, final_eval_tokens
+        eval_speed = speed
+        if budget.kind == "time" and final_eval_tokens / eval_speed > 0.1 * budget.amount:
+            # Keep the final eval within a tenth of a time budget; score fewer tokens instead.
+            first = final_eval_tokens == (cfg.final_eval_tokens or val_tokens.size)
+            final_eval_tokens = max(micro_tokens, int(0.1 * budget.amount * eval_speed))
+            if first:
+                log(f"note: final eval limited to {final_eval_tokens:,} validation tokens to fit the budget")
+        reserve = reserve_s + 1.0 + 1.1 * final_eval_tokens / eval_speed
+
+    def eval_point(max_tokens: int) -> float:
+        """A validation eval during training: logged, and its speed re-sizes the final eval's reserve.
+        Returns its seconds (rank 0's)."""
         t = time.perf_counter()
         ev = run_eval(max_tokens)
-        eval_speed = ctx.broadcast_float(ev["val_tokens"] / (time.perf_counter() - t))
-        reserve = reserve_s + 1.0 + 1.1 * final_eval_tokens / eval_speed
+        seconds = ctx.broadcast_float(time.perf_counter() - t)
+        measured_eval_speed(ev["val_tokens"] / max(seconds, 1e-9))
         write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), **ev})
         progress.note(f"step {step}: val loss {ev['val_loss']:.4f} bpb {ev['val_bpb']:.4f}")
+        return seconds
+
+    periodic_seconds = 0.0  # spent on periodic evals so far
 
     def periodic_eval_tokens() -> int:
-        """Tokens one periodic eval may score: PERIODIC_EVAL_SHARE of the budget over all points at the
-        measured eval speed (2x train speed until measured), within [one micro-batch, --eval-tokens], in
-        whole micro-batches: the batch shape the compiled model already saw at step 3, so no recompile."""
-        speed = eval_speed or 2 * tok_rate
-        n = min(cfg.eval_tokens, PERIODIC_EVAL_SHARE * budget.amount / cfg.eval_points * speed)
-        n = max(1, int(ctx.broadcast_float(float(n))) // micro_tokens) * micro_tokens  # same batches on every rank
-        return n
+        """Tokens the next periodic eval scores, or 0 to skip it. Each point may take its share of
+        PERIODIC_EVAL_SHARE of the budget at the measured eval speed (at most --eval-tokens); a point
+        is skipped when even the smallest eval would lift the periodic evals' total above that share of
+        the budget spent so far, so slow evals mean fewer points, never a late run. The smallest eval
+        is one sequence, or one micro-batch when compiled (the shape compiled at step 3: no recompile)."""
+        unit = micro_tokens if compiled else cfg.seq_len
+        share = PERIODIC_EVAL_SHARE * budget.amount / cfg.eval_points
+        speed = eval_speed or ctx.broadcast_float(2 * tok_rate)  # rank 0's; unmeasured only after a resume
+        n = max(1, int(min(cfg.eval_tokens, share * speed)) // unit) * unit
+        fits = periodic_seconds + n / speed <= 1.05 * PERIODIC_EVAL_SHARE * budget.amount * max_frac
+        return n if fits else 0
     session_tokens, session_start = 0, time.perf_counter()
     interrupted = False
     model.train()
@@ -360,12 +379,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
             if eval_speed is None and step == 3:  # time one eval batch once warm, to size the final eval
                 t = time.perf_counter()
                 ev = run_eval(cfg.batch_size * cfg.seq_len)
-                eval_speed = ctx.broadcast_float(ev["val_tokens"] / (time.perf_counter() - t))  # one final-eval size
-                if budget.kind == "time" and final_eval_tokens / eval_speed > 0.1 * budget.amount:
-                    # Keep the final eval within a tenth of a time budget; score fewer tokens instead.
-                    final_eval_tokens = max(micro_tokens, int(0.1 * budget.amount * eval_speed))
-                    log(f"note: final eval limited to {final_eval_tokens:,} validation tokens to fit the budget")
-                reserve = reserve_s + 1.0 + 1.1 * final_eval_tokens / eval_speed
+                measured_eval_speed(ctx.broadcast_float(ev["val_tokens"] / (time.perf_counter() - t)))
             elif eval_speed is None:  # forward-only is ~3x a training step; assume 2x until measured
                 reserve = reserve_s + 1.0 + min(final_eval_tokens / max(2 * tok_rate, 1.0), 0.1 * budget.amount)
             progress.update(max_frac, step, loss_val, tok_rate, lr)
@@ -383,9 +397,10 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                 write_metrics(rec)
             if cfg.eval_every and step % cfg.eval_every == 0:
                 eval_point(cfg.eval_tokens)
-            elif max_frac >= next_eval_frac:
-                if next_eval_frac < 1.0:  # the last point is the final eval
-                    eval_point(periodic_eval_tokens())
+            elif max_frac >= next_eval_frac and step >= 3:  # from step 3 on: the eval speed is measured warm
+                n = periodic_eval_tokens() if next_eval_frac < 1.0 else 0  # the last point is the final eval
+                if n:
+                    periodic_seconds += eval_point(n)
                 next_eval_frac = (math.floor(max_frac * cfg.eval_points) + 1) / cfg.eval_points
             if cfg.hellaswag_every and step % cfg.hellaswag_every == 0:
                 t = time.perf_counter()
