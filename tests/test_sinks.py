@@ -162,3 +162,22 @@ def test_wandb_sink_is_offline_and_resumes_the_same_run(tmp_path, monkeypatch):
     fake.util.generate_id = lambda: "other"
     open_sinks(tmp_path, "wandb").close()
     assert calls[-2][1]["id"] == "abc123"  # the id file in the run folder: a resumed run continues
+
+
+def test_eval_points_schedule_and_share():
+    from budgetlm.train.budget import parse_budget
+    from budgetlm.train.eval_points import EvalPoints
+    assert EvalPoints.for_run(parse_budget("100-steps"), 10, 0, 32, 65536, 0.0) is None  # step budgets: as before
+    assert EvalPoints.for_run(parse_budget("60s"), 10, 50, 32, 65536, 0.0) is None  # --eval-every wins
+    p = EvalPoints.for_run(parse_budget("100s"), 10, 0, 32, 65536, 0.0)
+    assert not p.due(0.05) and p.due(0.1)
+    # 2% of 100 s over 10 points = 0.2 s each; at 10k tokens/s that is 2,000 tokens, in whole sequences
+    assert p.tokens(10_000, 0.1) == 1984
+    p.spent_s = 0.2
+    assert p.tokens(10_000, 0.15) == 0  # 0.4 s would exceed 2% of the 15 s spent
+    p.advance(0.37)
+    assert p.next_frac == pytest.approx(0.4)
+    p.advance(0.95)
+    assert p.next_frac == pytest.approx(1.0) and p.tokens(10_000, 1.0) == 0  # the final eval is the last point
+    resumed = EvalPoints.for_run(parse_budget("100s"), 10, 0, 32, 65536, 0.52)
+    assert resumed.next_frac == pytest.approx(0.6)

@@ -29,13 +29,13 @@ from budgetlm.models.transformer import set_attention_kernel
 from budgetlm.train.budget import lr_at, parse_budget
 from budgetlm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from budgetlm.train.distributed import DistContext, maybe_main_first, setup as setup_distributed
+from budgetlm.train.eval_points import EvalPoints
 from budgetlm.train.progress import Progress
 from budgetlm.train.sinks import open_sinks
 
 # Replaces the loss (distillation and the like): (step, frac, x, y, logits, loss) -> loss, or None to keep it.
 LossHook = Callable[..., "torch.Tensor | None"]
 
-PERIODIC_EVAL_SHARE = 0.02  # of a time budget, for all its periodic evals together (eval_points)
 WARM_STEPS, TIMED_STEPS = 3, 11  # steps 1-3 compile / record CUDA graphs; 4-11 give the steady step time
 
 
@@ -279,8 +279,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     step_times: list[float] = []  # wall seconds of the first TIMED_STEPS steps (synchronized), for compile_s
     first_step_s = None
     # Time budgets with no --eval-every: an eval at each 1/eval_points of the budget, so curves have points.
-    periodic = budget.kind == "time" and not cfg.eval_every and cfg.eval_points > 0
-    next_eval_frac = (math.floor(max_frac * cfg.eval_points) + 1) / cfg.eval_points if periodic else math.inf
+    points = EvalPoints.for_run(budget, cfg.eval_points, cfg.eval_every, micro_tokens if compiled else cfg.seq_len,
+                                cfg.eval_tokens, max_frac)
 
     def measured_eval_speed(speed: float) -> None:
         """Size the final eval and its reserve from a measured eval speed (tokens/s, rank 0's)."""
@@ -304,21 +304,6 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
         write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), **ev})
         progress.note(f"step {step}: val loss {ev['val_loss']:.4f} bpb {ev['val_bpb']:.4f}")
         return seconds
-
-    periodic_seconds = 0.0  # spent on periodic evals so far
-
-    def periodic_eval_tokens() -> int:
-        """Tokens the next periodic eval scores, or 0 to skip it. Each point may take its share of
-        PERIODIC_EVAL_SHARE of the budget at the measured eval speed (at most --eval-tokens); a point
-        is skipped when even the smallest eval would lift the periodic evals' total above that share of
-        the budget spent so far, so slow evals mean fewer points, never a late run. The smallest eval
-        is one sequence, or one micro-batch when compiled (the shape compiled at step 3: no recompile)."""
-        unit = micro_tokens if compiled else cfg.seq_len
-        share = PERIODIC_EVAL_SHARE * budget.amount / cfg.eval_points
-        speed = eval_speed or ctx.broadcast_float(2 * tok_rate)  # rank 0's; unmeasured only after a resume
-        n = max(1, int(min(cfg.eval_tokens, share * speed)) // unit) * unit
-        fits = periodic_seconds + n / speed <= 1.05 * PERIODIC_EVAL_SHARE * budget.amount * max_frac
-        return n if fits else 0
     session_tokens, session_start = 0, time.perf_counter()
     interrupted = False
     model.train()
@@ -397,11 +382,12 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                 write_metrics(rec)
             if cfg.eval_every and step % cfg.eval_every == 0:
                 eval_point(cfg.eval_tokens)
-            elif max_frac >= next_eval_frac and step >= 3:  # from step 3 on: the eval speed is measured warm
-                n = periodic_eval_tokens() if next_eval_frac < 1.0 else 0  # the last point is the final eval
+            elif points and points.due(max_frac) and step >= 3:  # from step 3 on: eval speed measured warm
+                # rank 0's speeds, so every rank scores the same batches; unmeasured only after a resume
+                n = points.tokens(eval_speed or ctx.broadcast_float(2 * tok_rate), max_frac)
                 if n:
-                    periodic_seconds += eval_point(n)
-                next_eval_frac = (math.floor(max_frac * cfg.eval_points) + 1) / cfg.eval_points
+                    points.spent_s += eval_point(n)
+                points.advance(max_frac)
             if cfg.hellaswag_every and step % cfg.hellaswag_every == 0:
                 t = time.perf_counter()
                 hs = run_hellaswag()
