@@ -187,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if args.text and args.data:
         raise BudgetLMError("--text and --data: give one (a text file to score, or a prepared data folder)")
-    for flag, on in (("--fuse", args.fuse), ("--stories", args.stories)):
+    for flag, on in (("--fuse", args.fuse), ("--stories", args.stories), ("--judge", args.judge)):
         if on and not args.data:
             raise BudgetLMError(f"{flag} needs --data (the prepared folder)")
     if not (args.data or args.text or args.hellaswag is not None):
@@ -195,18 +195,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model, tok, ckpt = load_model(args.checkpoint, args.device or "auto")
     device = next(model.parameters()).device
     seq = args.seq_len or model.cfg.block_size
-    if not args.data:  # --text and/or --hellaswag only
-        from budgetlm.eval.hellaswag import score_file
-        from budgetlm.eval.text import evaluate_text
-        result = evaluate_text(model, tok, args.text, seq, args.batch_size, device, args.max_tokens or 0) \
-            if args.text else {}
-        result.update({"checkpoint": str(ckpt)} | ({"text": args.text} if args.text else {}))
-        if args.hellaswag is not None:
-            result["hellaswag"] = score_file(model, tok, args.hellaswag_file, args.hellaswag, device)
-        print(json.dumps(result, indent=2))
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        return
+    if not args.data:
+        return _eval_text(args, model, tok, ckpt, device, seq)
     data_tok = data_tokenizer(args.data)
     if data_tok.fingerprint() != tok.fingerprint():
         raise BudgetLMError(f"--data {args.data}: tokenizer ({data_tok.spec}) does not match the checkpoint's "
@@ -239,6 +229,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
             [s["text"] for s in st], [s["prompt"] for s in st]).items() if k != "results"}
     print(json.dumps({k: v for k, v in result.items() if k != "stories"} |
                      ({"story_metrics": result["stories"]["story_metrics"]} if args.stories else {}), indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _eval_text(args: argparse.Namespace, model, tok, ckpt: Path, device, seq: int) -> None:
+    """`eval --text FILE` and/or `--hellaswag [N]`, with no prepared folder."""
+    from budgetlm.eval.hellaswag import score_file
+    from budgetlm.eval.text import evaluate_text
+    result = evaluate_text(model, tok, args.text, seq, args.batch_size, device, args.max_tokens or 0) \
+        if args.text else {}
+    result.update({"checkpoint": str(ckpt)} | ({"text": args.text} if args.text else {}))
+    if args.hellaswag is not None:
+        result["hellaswag"] = score_file(model, tok, args.hellaswag_file, args.hellaswag, device)
+    print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
