@@ -131,7 +131,8 @@ def test_log_to_parsing_and_missing_packages(tmp_path, monkeypatch):
     notes.clear()
     (tmp_path / "b").mkdir()
     open_sinks(tmp_path / "b", None, log=notes.append).close()
-    assert notes == []  # auto skips quietly
+    assert notes == ["note: --log-to auto: the 'tensorboard' package is not installed; no tensorboard logs "
+                     "(metrics.jsonl is written as always)"]
 
 
 def test_wandb_sink_is_offline_and_resumes_the_same_run(tmp_path, monkeypatch):
@@ -181,3 +182,16 @@ def test_eval_points_schedule_and_share():
     assert p.next_frac == pytest.approx(1.0) and p.tokens(10_000, 1.0) == 0  # the final eval is the last point
     resumed = EvalPoints.for_run(parse_budget("100s"), 10, 0, 32, 65536, 0.52)
     assert resumed.next_frac == pytest.approx(0.6)
+
+
+def test_resumed_run_continues_the_tensorboard_curves(synth_data, tmp_path):
+    """Stop at step 6, resume to 12: the loss curve has each step once, as metrics.jsonl does."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    cfg = tiny_cfg(tmp_path, budget="12-steps")
+    train(model_config(n_layer=1, n_head=2, n_embd=16), cfg, synth_data, stop_after_steps=6, **QUIET)
+    train(model_config(n_layer=1, n_head=2, n_embd=16), cfg, synth_data, resume=str(tmp_path), **QUIET)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    rows = rows_of(tmp_path)
+    assert [e.step for e in acc.Scalars("loss")] == [r["step"] for r in rows if "loss" in r] == list(range(1, 13))
+    assert [e.step for e in acc.Scalars("val_loss")] == [6, 12]

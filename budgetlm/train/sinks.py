@@ -54,12 +54,13 @@ class JsonlSink:
 
 
 class TensorBoardSink:
-    """Event files in RUN/tensorboard. On resume, events of an earlier session at or past the resume
-    step are dropped (purge_step), so curves never double back."""
+    """Event files in RUN/tensorboard. On resume from step N, events an earlier session wrote past N
+    (after its last checkpoint) are dropped (purge_step N+1), so curves never double back."""
 
     def __init__(self, log_dir: Path, resume_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(log_dir), purge_step=resume_step, flush_secs=10)
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge, flush_secs=10)
 
     def log(self, record: dict[str, Any]) -> None:
         step, tokens = int(record["step"]), int(record.get("tokens", 0))
@@ -135,15 +136,15 @@ def _available(module: str) -> bool:
 def open_sinks(run_dir: str | Path, log_to: str | None = None, resume_step: int | None = None,
                config: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> Sinks:
     """The sinks `log_to` names for a run folder; a live sink whose package is missing is skipped with
-    one note (silently under 'auto'), never an error."""
+    a one-line note, never an error."""
     run_dir = Path(run_dir)
     names, explicit = parse_log_to(log_to)
     sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl")]
     for name in names[1:]:
         package = "tensorboard" if name == "tensorboard" else "wandb"
         if not _available(package):
-            if explicit:
-                log(f"note: --log-to {name}: the '{package}' package is not installed; skipping it")
+            log(f"note: --log-to {name if explicit else 'auto'}: the '{package}' package is not installed; "
+                f"no {name} logs (metrics.jsonl is written as always)")
             continue
         sinks.append(TensorBoardSink(run_dir / TB_DIR, resume_step) if name == "tensorboard"
                      else WandbSink(run_dir, config))
