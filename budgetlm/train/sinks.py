@@ -141,11 +141,14 @@ def open_sinks(run_dir: str | Path, log_to: str | None = None, resume_step: int 
     names, explicit = parse_log_to(log_to)
     sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl")]
     for name in names[1:]:
-        package = "tensorboard" if name == "tensorboard" else "wandb"
-        if not _available(package):
-            log(f"note: --log-to {name if explicit else 'auto'}: the '{package}' package is not installed; "
-                f"no {name} logs (metrics.jsonl is written as always)")
+        flag = f"--log-to {name if explicit else 'auto'}"
+        if not _available(name):  # the sink's name is its package's
+            log(f"note: {flag}: the '{name}' package is not installed; no {name} logs "
+                f"(metrics.jsonl is written as always)")
             continue
-        sinks.append(TensorBoardSink(run_dir / TB_DIR, resume_step) if name == "tensorboard"
-                     else WandbSink(run_dir, config))
+        try:
+            sinks.append(TensorBoardSink(run_dir / TB_DIR, resume_step) if name == "tensorboard"
+                         else WandbSink(run_dir, config))
+        except ImportError as e:  # installed but broken (e.g. a version clash): still no crash
+            log(f"note: {flag}: {name} could not be loaded ({e}); no {name} logs")
     return Sinks(sinks)
