@@ -31,13 +31,14 @@ def text_tokens(path: str | Path, tokenizer: Tokenizer, max_tokens: int = 0) -> 
     if not path.exists():
         raise BudgetLMError(f"--text {path}: file not found")
     docs = iter_path(path)
-    chunks, n = [], 0
+    chunks, n, size = [], 0, 1
     while not max_tokens or n <= max_tokens:
-        batch = list(itertools.islice(docs, BATCH_DOCS))
+        batch = list(itertools.islice(docs, size))
         if not batch:
             break
         chunks.append(_encode_docs(tokenizer, batch))
         n += chunks[-1].size
+        size = min(BATCH_DOCS, 2 * size)  # growing batches: a capped eval of whole books reads few of them
     if not chunks:
         raise BudgetLMError(f"--text {path}: no text found")
     return np.concatenate(chunks)
