@@ -223,7 +223,8 @@ def pick_micro_batch(cfg: ModelConfig, seq_len: int, mem_bytes: float, dtype: st
 def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch.device, steps: int | None,
                  seconds: float | None, dtype: torch.dtype, compile: bool = False, accum: int = 1,
                  fused_loss: bool = False, recompute: int = 0, warmup: int = 1,
-                 half_residual: bool | None = None, cuda_graphs: bool = False) -> dict[str, Any]:
+                 half_residual: bool | None = None, cuda_graphs: bool = False,
+                 ce_kernel: bool | None = None) -> dict[str, Any]:
     """Real AdamW steps on random tokens, as the trainer takes them (fp32 params, autocast,
     logits held through the backward, `accum` micro-batches, clip, step, zero_grad(set_to_none)).
     The first `warmup` steps (optimizer state, kernel selection, compile) are not timed."""
@@ -235,7 +236,7 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
     if hasattr(model, "set_recompute"):  # the trainer's switches, set the way it sets them
         model.set_recompute(_level(recompute))
         model.fused_loss = fused_loss
-        model.ce_kernel = resolve_ce_kernel("auto", device, fused_loss)
+        model.ce_kernel = resolve_ce_kernel("auto", device, fused_loss) if ce_kernel is None else ce_kernel
         model.half_residual = resolve_half_residual("auto", device, dtype) if half_residual is None \
             else half_residual
     graph_grads = cuda_graphs and compile and accum > 1  # as in the trainer: see keep_grads_allocated
