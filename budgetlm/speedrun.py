@@ -93,7 +93,11 @@ def pick_size(shapes: list[tuple[int, float]], seconds: float, tokens_per_param:
 def auto_size(model: ModelConfig, train_cfg: TrainConfig, seconds_left: float, probe_seconds: float,
               log=print) -> ModelConfig:
     """Measure tokens/s of each AUTO_SHAPES size on this device for `probe_seconds` and keep the
-    one the budget favours (pick_size). The probes run inside the budget clock."""
+    one the budget favours (pick_size). The probes run inside the budget clock.
+
+    Opt-in (`--auto-size`), beside the default sizing (speedrun_size), which predicts every size from
+    one ~1% calibration: these probes cost 6 x probe_seconds (24 s of a 5-minute budget by default)
+    and on CUDA each one would compile; they remain as a measured check of the prediction."""
     import dataclasses
     from budgetlm.memory import measure_throughput
     dev = pick_device(train_cfg.device)
@@ -195,7 +199,8 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
     clock = Clock()
     b = parse_budget(budget)
     src = resolve_source(data, log)
-    setup = _sized_setup(budget, device, tokenizer, sizing, src, unique_tokens, clock, log)
+    # --auto-size times each of its shapes itself, so it starts from the static setup, as it always did.
+    setup = _sized_setup(budget, device, tokenizer, "static" if auto else sizing, src, unique_tokens, clock, log)
     _apply_overrides(setup, overrides or {})
     setup.train.out_dir, setup.train.seed = out_dir, seed
     # Tokenize only what the budget can consume: a generous guess of tokens/s times the budget.
@@ -216,8 +221,6 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
         setup.model.vocab_size = json.loads((ddir / META_FILE).read_text())["vocab_size"]
         setup.model = auto_size(setup.model, setup.train, b.amount - clock.elapsed(), probe_seconds, log)
         log(f"auto-size probes took {clock.elapsed() - prep_seconds:.1f}s of the budget")
-        if setup.sizing is not None:
-            setup.sizing["auto_size"] = f"{setup.model.n_layer}x{setup.model.n_embd} (measured probes replaced the size)"
     # Sampling happens after training but inside the budget: keep time for it (~5 ms/token, measured).
     reserve = n_samples * sample_tokens * 0.005
     info = train(setup.model, setup.train, ddir, clock=clock, reserve_s=reserve, log=log)

@@ -149,3 +149,18 @@ def test_cpu_calibration_is_a_small_share_of_the_budget():
     ref = ModelConfig(n_layer=3, n_head=3, n_embd=96, mlp="swiglu", vocab_size=1024, block_size=64)
     assert cal.flops_per_s == pytest.approx(cal.ref_tokens_per_s * flops_per_token(ref, 64))
     assert cal.flops_per_s > 0 and cal.mem_bytes > 0
+
+
+def test_gpu_setup_takes_the_sized_shape_batch_and_tokenizer(monkeypatch):
+    import budgetlm.speedrun as sr
+    monkeypatch.setattr(sr, "pick_device", lambda name="auto": torch.device("cuda"))  # no GPU needed: arithmetic only
+    for budget, unique in (("2m", 50e6), ("10m", 50e6), ("1h", None)):
+        setup = sr.choose_setup(budget, "cuda", calibration=H200, unique_tokens=unique, log=lambda *_: None)
+        c = setup.sizing["choice"]
+        m, t = setup.model, setup.train
+        assert f"{m.n_layer}x{m.n_embd}" == c["name"] and m.n_embd // m.n_head == 64 and m.vocab_multiple == 64
+        assert (t.batch_size, t.seq_len, t.lr) == (c["micro_batch"], c["seq_len"], c["lr"])
+        assert (t.total_batch_tokens or t.batch_size * t.seq_len) == c["micro_batch"] * c["seq_len"] * c["accum"]
+        assert m.block_size >= t.seq_len and setup.tokenizer == setup.sizing["tokenizer"]
+    static = sr.choose_setup("2m", "cuda")
+    assert static.sizing is None and static.tokenizer == "bpe:8192"  # --sizing static: the old preset
