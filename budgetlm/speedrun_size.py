@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from budgetlm.config import ModelConfig
+from budgetlm.errors import BudgetLMError
 from budgetlm.memory import GB, OVERHEAD_BYTES, count_params, flops_per_token, pick_micro_batch
 from budgetlm.plan import chinchilla_loss, lr_for, total_batch_for
 
@@ -41,7 +42,8 @@ CPU_EFFICIENCY = ((169_728, 0.717), (440_160, 1.0), (932_608, 1.16), (1_988_736,
 
 # CUDA: head dim 64 (flash/cuDNN attention), GELU as in the measured fast path, vocab padded to 64.
 GPU_LADDER = ((4, 256, 4), (6, 320, 5), (6, 384, 6), (8, 448, 7), (8, 512, 8), (10, 640, 10), (12, 768, 12))
-GPU_BIG_PARAMS = 40e6  # from here: seq 1024 (GPT-2's) and bpe:16384, so the head stays ~1/8 of the FLOPs
+# From 40M body params (12 L d^2) on: seq 1024 (GPT-2's) and bpe:16384; the head stays ~1/8 of the FLOPs.
+GPU_BIG_PARAMS = 40e6
 # Measured MFU (of 989 TFLOP/s) of the step the trainer runs, bf16, compiled, by params: 1.15M (3x128,
 # 64x256) and 7.3M (6x288, 32x512) with CUDA graphs on an H100 (RESULTS.md section 2, fourth pass:
 # 4.90M and 3.34M tokens/s), GPT-2 124M at 32x1024x4 on an H200 (ninth pass: 557k tokens/s).
@@ -158,12 +160,16 @@ def estimate_unique_tokens(src: str) -> float | None:
 
 
 def _cpu_candidates(cal: Calibration, tokenizer: str | None) -> list[tuple[str, ModelConfig, int, int, int]]:
+    """(name, config, seq, micro-batch, accumulation) per CPU shape; 64 x 64 tokens a step, split into
+    micro-batches only where memory is short (fp32, no CUDA overhead)."""
     vocab = vocab_of(tokenizer) if tokenizer else CPU_VOCAB
     out = []
     for layers, width, heads in CPU_LADDER:
         cfg = ModelConfig(n_layer=layers, n_head=heads, n_embd=width, mlp="swiglu", vocab_size=vocab,
                           block_size=CPU_SEQ)
-        out.append((f"{layers}x{width}", cfg, CPU_SEQ, CPU_BATCH, 1))
+        micro = pick_micro_batch(cfg, CPU_SEQ, cal.mem_bytes, "float32", max_micro=CPU_BATCH, overhead=0.0)
+        if micro:
+            out.append((f"{layers}x{width}", cfg, CPU_SEQ, micro, CPU_BATCH // micro))
     return out
 
 
@@ -192,7 +198,6 @@ def size_model(seconds_left: float, cal: Calibration, unique_tokens: float | Non
     gpu = cal.device == "cuda"
     shapes = (_gpu_candidates if gpu else _cpu_candidates)(cal, tokenizer)
     if not shapes:
-        from budgetlm.errors import BudgetLMError
         raise BudgetLMError(f"speedrun: no model of the ladder fits in {cal.mem_bytes / GB:.1f} GB on {cal.name}")
     cands = []
     for name, cfg, seq, micro, accum in shapes:
@@ -258,7 +263,7 @@ def calibrate(device, seconds: float) -> Calibration:
         what = f"12x768 eager bf16 {batch}x{seq}"
     else:
         set_threads(None, device)  # as the trainer will: all cores
-        cfg = _cpu_candidates(Calibration(device.type, "", 0, 0), None)[0][1]
+        cfg = _cpu_candidates(Calibration(device.type, "", 0, 1e12), None)[0][1]
         seq, batch = CPU_SEQ, CPU_BATCH
         r = _train_steps(cfg, batch, seq, device, None, seconds, torch.float32)
         name, mem = device.type, 0.5 * _ram_gb() * GB

@@ -70,7 +70,8 @@ def test_few_unique_tokens_prefer_smaller_models():
     assert size_model(3600, STUDY_CPU, TINYSTORIES_SHARED).choice.params < size_model(3600, STUDY_CPU).choice.params
     # the parameter discount is what does it: without it, scarce data pushes towards bigger models
     big, small, unique = 60e6, 14e6, 20e6
-    plain = chinchilla_loss(big, 0.4e9, unique, fit="besiroglu") - chinchilla_loss(small, 1.1e9, unique, fit="besiroglu")
+    plain = (chinchilla_loss(big, 0.4e9, unique, fit="besiroglu")
+             - chinchilla_loss(small, 1.1e9, unique, fit="besiroglu"))
     disc = (chinchilla_loss(big, 0.4e9, unique, fit="besiroglu", repeated_params=True)
             - chinchilla_loss(small, 1.1e9, unique, fit="besiroglu", repeated_params=True))
     assert disc > plain
@@ -86,7 +87,8 @@ def test_chinchilla_loss_default_is_unchanged():
 def test_cpu_5m_choice_is_todays_default(unique):
     """The measured best 5-minute CPU setup (RESULTS.md sections 1 and 6) is what the sizing picks."""
     static = choose_setup("5m", "cpu")
-    sized = choose_setup("5m", "cpu", calibration=STUDY_CPU, unique_tokens=unique, seconds_left=290, log=lambda *_: None)
+    sized = choose_setup("5m", "cpu", calibration=STUDY_CPU, unique_tokens=unique, seconds_left=290,
+                         log=lambda *_: None)
     keys = ("n_layer", "n_head", "n_embd", "mlp", "norm", "pos", "block_size", "n_kv_head")
     assert {k: getattr(sized.model, k) for k in keys} == {k: getattr(static.model, k) for k in keys}
     assert (sized.train.batch_size, sized.train.seq_len, sized.train.lr, sized.train.total_batch_tokens) == \
