@@ -166,3 +166,11 @@ def test_gpu_setup_takes_the_sized_shape_batch_and_tokenizer(monkeypatch):
         assert m.block_size >= t.seq_len and setup.tokenizer == setup.sizing["tokenizer"]
     static = sr.choose_setup("2m", "cuda")
     assert static.sizing is None and static.tokenizer == "bpe:8192"  # --sizing static: the old preset
+
+
+def test_a_given_tokenizer_is_kept_and_sizes_the_head():
+    s = size_model(300, STUDY_CPU, tokenizer="bpe:4096")
+    assert s.tokenizer == "bpe:4096" and {c.cfg.vocab_size for c in s.candidates} == {4096}
+    # a 4x larger head costs tokens/s: every candidate is predicted slower than with bpe:1024
+    default = {c.name: c.tokens_per_s for c in size_model(300, STUDY_CPU).candidates}
+    assert all(c.tokens_per_s < default[c.name] for c in s.candidates)
