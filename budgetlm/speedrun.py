@@ -224,16 +224,18 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
     # Sampling happens after training but inside the budget: keep time for it (~5 ms/token, measured).
     reserve = n_samples * sample_tokens * 0.005
     info = train(setup.model, setup.train, ddir, clock=clock, reserve_s=reserve, log=log)
+    if setup.sizing is not None:  # in summary.json before sampling, so an interrupted run keeps it too
+        _add_to_summary(out_dir, "sizing", setup.sizing)
+        info.extra["sizing"] = setup.sizing
     prompts = PROMPTS[:n_samples]
     if info.extra["data"].get("lowercase"):  # e.g. the lower-cased shared TinyStories copy
         prompts = tuple(p.lower() for p in prompts)
     samples = finish_run(out_dir, info, prompts, sample_tokens, seed, log)
     info.extra["prep_seconds"] = prep_seconds
-    if setup.sizing is not None:
-        _add_to_summary(out_dir, "sizing", setup.sizing)
-        info.extra["sizing"] = setup.sizing
     info.extra["total_seconds"] = clock.elapsed()
-    log(f"speedrun finished in {clock.elapsed():.1f}s of a {budget} budget (data {prep_seconds:.1f}s, "
+    cal_s = setup.sizing["calibration"]["seconds"] if setup.sizing else 0.0
+    log(f"speedrun finished in {clock.elapsed():.1f}s of a {budget} budget ("
+        + (f"sizing calibration {cal_s:.1f}s, " if setup.sizing else "") + f"data {prep_seconds - cal_s:.1f}s, "
         f"training+eval+checkpoint {info.extra['elapsed'] - prep_seconds:.1f}s, "
         f"samples {clock.elapsed() - info.extra['elapsed']:.1f}s)")
     return info, samples
