@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from budgetlm.config import ModelConfig
+from budgetlm.device import CUDA_GRAPHS_MAX_PARAMS
 from budgetlm.errors import BudgetLMError
 from budgetlm.memory import GB, OVERHEAD_BYTES, count_params, flops_per_token, pick_micro_batch
 from budgetlm.plan import chinchilla_loss, lr_for, total_batch_for
@@ -56,7 +57,7 @@ GPU_REF = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block
 GPU_REF_SEQ, GPU_REF_BATCH, GPU_REF_EAGER_MFU = 1024, 16, 0.25
 # Compile time spent inside the budget (bench's warm-up, results.jsonl warmup_s on the H100/H200: 10-22 s
 # for 1-7M params with CUDA graphs, 20-35 s for GPT-2 124M), plus the trainer's eval-shape recompile.
-COMPILE_S_SMALL, COMPILE_S_BIG, CUDA_GRAPHS_PARAMS = 30.0, 45.0, 20e6
+COMPILE_S_SMALL, COMPILE_S_BIG = 30.0, 45.0
 TRAIN_SHARE = 0.9  # of the seconds left: the rest goes to the final eval, checkpoint and samples
 BYTES_PER_TOKEN = 4.0  # rough BPE estimate for unique tokens of a local corpus (until the data layer counts)
 COMPRESSION = {".xz": 3.2, ".gz": 3.0, ".zst": 3.0}  # text per compressed byte (Gutenberg: ~64 MB in ~20 MB .xz)
@@ -126,7 +127,7 @@ def _gpu_mfu(params: float) -> float:
 
 def compile_seconds(params: float) -> float:
     """Estimated torch.compile time of the trainer's step on CUDA (see COMPILE_S_*)."""
-    return COMPILE_S_SMALL if params < CUDA_GRAPHS_PARAMS else COMPILE_S_BIG
+    return COMPILE_S_SMALL if params < CUDA_GRAPHS_MAX_PARAMS else COMPILE_S_BIG
 
 
 def lr_for_size(params: float) -> float:
@@ -159,14 +160,17 @@ def estimate_unique_tokens(src: str) -> float | None:
     return text_bytes / BYTES_PER_TOKEN if text_bytes else None
 
 
+def _cpu_config(layers: int, width: int, heads: int, vocab: int = CPU_VOCAB) -> ModelConfig:
+    return ModelConfig(n_layer=layers, n_head=heads, n_embd=width, mlp="swiglu", vocab_size=vocab, block_size=CPU_SEQ)
+
+
 def _cpu_candidates(cal: Calibration, tokenizer: str | None) -> list[tuple[str, ModelConfig, int, int, int]]:
     """(name, config, seq, micro-batch, accumulation) per CPU shape; 64 x 64 tokens a step, split into
     micro-batches only where memory is short (fp32, no CUDA overhead)."""
     vocab = vocab_of(tokenizer) if tokenizer else CPU_VOCAB
     out = []
     for layers, width, heads in CPU_LADDER:
-        cfg = ModelConfig(n_layer=layers, n_head=heads, n_embd=width, mlp="swiglu", vocab_size=vocab,
-                          block_size=CPU_SEQ)
+        cfg = _cpu_config(layers, width, heads, vocab)
         micro = pick_micro_batch(cfg, CPU_SEQ, cal.mem_bytes, "float32", max_micro=CPU_BATCH, overhead=0.0)
         if micro:
             out.append((f"{layers}x{width}", cfg, CPU_SEQ, micro, CPU_BATCH // micro))
@@ -232,7 +236,7 @@ def _explain(c: Candidate, cands: list[Candidate], cal: Calibration, seconds_lef
     others = ", ".join(f"{o.name} {o.loss:.3f}" for o in sorted(cands, key=lambda o: o.loss) if o is not c)
     lines = [f"sizing: calibrated {cal.reference} on {cal.name}: {cal.ref_tokens_per_s:,.0f} tok/s = "
              f"{cal.flops_per_s / 1e12:.3g} TFLOP/s effective, in {cal.seconds:.1f}s",
-             f"size: {c.name} ({_m(c.params)} params, {tok}, seq {c.seq_len}, batch {c.micro_batch}x{c.accum}, "
+             f"size: {c.name} ({_m(c.params)} params, {tok}, batch {c.micro_batch}x{c.seq_len}x{c.accum}, "
              f"lr {c.lr:g}): predicted {c.tokens_per_s:,.0f} tok/s x {train_s:.0f}s = {_m(c.tokens)} tokens{epochs}; "
              f"Chinchilla loss {c.loss:.3f} vs {others}"]
     if gpu:
@@ -263,7 +267,7 @@ def calibrate(device, seconds: float) -> Calibration:
         what = f"12x768 eager bf16 {batch}x{seq}"
     else:
         set_threads(None, device)  # as the trainer will: all cores
-        cfg = _cpu_candidates(Calibration(device.type, "", 0, 1e12), None)[0][1]
+        cfg = _cpu_config(*CPU_LADDER[0])
         seq, batch = CPU_SEQ, CPU_BATCH
         r = _train_steps(cfg, batch, seq, device, None, seconds, torch.float32)
         name, mem = device.type, 0.5 * _ram_gb() * GB
