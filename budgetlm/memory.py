@@ -227,7 +227,8 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
                  ce_kernel: bool | None = None) -> dict[str, Any]:
     """Real AdamW steps on random tokens, as the trainer takes them (fp32 params, autocast,
     logits held through the backward, `accum` micro-batches, clip, step, zero_grad(set_to_none)).
-    The first `warmup` steps (optimizer state, kernel selection, compile) are not timed."""
+    The first `warmup` steps (optimizer state, kernel selection, compile) are not timed.
+    ce_kernel: None = the trainer's auto choice; False = the plain loss (speedrun_size's calibration)."""
     from contextlib import nullcontext
 
     cfg = dataclasses.replace(cfg, block_size=max(cfg.block_size, seq_len))
