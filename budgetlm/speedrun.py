@@ -14,8 +14,8 @@ from budgetlm.data.prepare import META_FILE, prepare
 from budgetlm.data.sources import hub_reachable
 from budgetlm.device import pick_device
 from budgetlm.report import finish_run
-from budgetlm.speedrun_size import (Calibration, apply_sizing, calibrate, calibration_seconds, estimate_unique_tokens,
-                                    size_model)
+from budgetlm.speedrun_size import (Calibration, apply_sizing, calibrate, calibration_pays, calibration_seconds,
+                                    estimate_unique_tokens, size_model, smallest_without_calibration)
 from budgetlm.errors import BudgetLMError
 from budgetlm.train.budget import parse_budget
 from budgetlm.train.trainer import Clock, train
@@ -149,11 +149,16 @@ def _sized_setup(budget: str, device: str, tokenizer: str | None, sizing: str, s
     if sizing == "static" or b.kind != "time":
         return choose_setup(budget, device, tokenizer)
     dev = pick_device(device)
+    unique = unique_tokens if unique_tokens is not None else estimate_unique_tokens(src)
+    if dev.type == "cpu" and not calibration_pays(b.amount, unique, tokenizer):
+        setup = choose_setup(budget, device, tokenizer)  # the static CPU default is the ladder's first shape
+        setup.sizing, line = smallest_without_calibration(b.amount, tokenizer)
+        log(line)
+        return setup
     cal = calibrate(dev, calibration_seconds(b.amount))
     if dev.type == "cuda":
         import torch
         torch.cuda.empty_cache()  # the probe's model is gone; give its memory back to the trainer
-    unique = unique_tokens if unique_tokens is not None else estimate_unique_tokens(src)
     setup = choose_setup(budget, device, tokenizer, cal, unique, b.amount - clock.elapsed(), log)
     if setup.sizing is not None:
         setup.sizing["unique_tokens_source"] = "given" if unique_tokens is not None else \
@@ -233,9 +238,9 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
     samples = finish_run(out_dir, info, prompts, sample_tokens, seed, log)
     info.extra["prep_seconds"] = prep_seconds
     info.extra["total_seconds"] = clock.elapsed()
-    cal_s = setup.sizing["calibration"]["seconds"] if setup.sizing else 0.0
+    cal_s = (setup.sizing or {}).get("calibration", {}).get("seconds", 0.0)
     log(f"speedrun finished in {clock.elapsed():.1f}s of a {budget} budget ("
-        + (f"sizing calibration {cal_s:.1f}s, " if setup.sizing else "") + f"data {prep_seconds - cal_s:.1f}s, "
+        + (f"sizing calibration {cal_s:.1f}s, " if cal_s else "") + f"data {prep_seconds - cal_s:.1f}s, "
         f"training+eval+checkpoint {info.extra['elapsed'] - prep_seconds:.1f}s, "
         f"samples {clock.elapsed() - info.extra['elapsed']:.1f}s)")
     return info, samples

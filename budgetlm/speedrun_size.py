@@ -276,6 +276,31 @@ def calibrate(device, seconds: float) -> Calibration:
                        time.perf_counter() - t0, what, r["tokens_per_s"])
 
 
+# A CPU 8x the study machine's speed (a 16-core workstation): if even it would train the smallest
+# shape, a calibration cannot change the answer and is not worth its seconds (budgets up to ~1 minute).
+FAST_CPU_FACTOR = 8.0
+
+
+def calibration_pays(seconds_left: float, unique_tokens: float | None = None, tokenizer: str | None = None) -> bool:
+    """False when the CPU budget is so short that the smallest candidate wins on any plausible CPU."""
+    ref = _cpu_config(*CPU_LADDER[0])
+    fast = Calibration("cpu", "fast CPU", FAST_CPU_FACTOR * 36_000 * flops_per_token(ref, CPU_SEQ), 1e12)
+    sized = size_model(seconds_left, fast, unique_tokens, tokenizer)
+    return sized.choice is not sized.candidates[0]
+
+
+def smallest_without_calibration(seconds_left: float, tokenizer: str | None = None) -> tuple[dict[str, Any], str]:
+    """The facts and the log line when `calibration_pays` says no: the CPU ladder's first shape."""
+    name, cfg = f"{CPU_LADDER[0][0]}x{CPU_LADDER[0][1]}", _cpu_config(*CPU_LADDER[0])
+    tok = tokenizer or f"bpe:{CPU_VOCAB}"
+    why = (f"{seconds_left:.0f}s is too short for a larger model even on a CPU {FAST_CPU_FACTOR:g}x the study "
+           f"machine's speed, so no calibration was spent")
+    facts = {"method": "smallest (no calibration)", "device": "cpu", "seconds_left": seconds_left, "why": why,
+             "tokenizer": tok, "choice": {"name": name, "params": count_params(cfg), "seq_len": CPU_SEQ,
+                                          "micro_batch": CPU_BATCH, "accum": 1, "lr": lr_for_size(count_params(cfg))}}
+    return facts, f"size: {name} ({_m(count_params(cfg))} params, {tok}): {why}"
+
+
 def calibration_seconds(budget_s: float) -> float:
     """Seconds of timed steps: 0.5% of the budget, 0.3-3 s. The model build and the untimed first step
     come on top (~0.3 s on an idle 2-core CPU, a few seconds of CUDA start-up that the trainer then
@@ -296,4 +321,4 @@ def apply_sizing(sizing: Sizing, model: ModelConfig, train, log: Callable[[str],
 
 
 __all__ = ["Calibration", "Candidate", "Sizing", "calibrate", "calibration_seconds", "size_model", "apply_sizing",
-           "estimate_unique_tokens", "compile_seconds", "lr_for_size", "vocab_of"]
+           "estimate_unique_tokens", "calibration_pays", "smallest_without_calibration", "compile_seconds", "lr_for_size", "vocab_of"]

@@ -174,3 +174,17 @@ def test_a_given_tokenizer_is_kept_and_sizes_the_head():
     # a 4x larger head costs tokens/s: every candidate is predicted slower than with bpe:1024
     default = {c.name: c.tokens_per_s for c in size_model(300, STUDY_CPU).candidates}
     assert all(c.tokens_per_s < default[c.name] for c in s.candidates)
+
+
+def test_short_cpu_budgets_skip_the_calibration(monkeypatch):
+    from budgetlm.speedrun_size import calibration_pays
+    assert not calibration_pays(25) and not calibration_pays(60, 1e6)
+    assert calibration_pays(300) and calibration_pays(1800, 1e6)
+    import budgetlm.speedrun as sr
+    monkeypatch.setattr(sr, "calibrate", lambda *a: pytest.fail("a 25 s CPU budget must not calibrate"))
+    lines = []
+    setup = _sized_setup("25s", "cpu", None, "measured", "synth", None, Clock(), lines.append)
+    static = choose_setup("25s", "cpu")
+    assert (setup.model, setup.train, setup.tokenizer) == (static.model, static.train, static.tokenizer)
+    assert setup.sizing["choice"]["name"] == "3x96" and "no calibration" in setup.sizing["method"]
+    assert lines[0].startswith("size: 3x96 (") and "too short" in lines[0]
