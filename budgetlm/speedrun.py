@@ -177,9 +177,9 @@ def _apply_overrides(setup: Setup, overrides: dict) -> None:
     if {"batch_size", "seq_len"} & set(given):
         setup.train.total_batch_tokens = None
     setup.model.block_size = max(setup.model.block_size, setup.train.seq_len)
-    shape = sorted(set(given) & {"n_layer", "n_head", "n_embd", "mlp", "norm", "pos", "seq_len", "batch_size", "lr"})
-    if setup.sizing is not None and shape:
-        setup.sizing["overridden_by_flags"] = {k: given[k] for k in shape}
+    sized_fields = sorted(set(given) & {"n_layer", "n_head", "n_embd", "mlp", "norm", "pos", "seq_len", "batch_size", "lr"})
+    if setup.sizing is not None and sized_fields:
+        setup.sizing["overridden_by_flags"] = {k: given[k] for k in sized_fields}
 
 
 def _add_to_summary(out_dir: str, key: str, value) -> None:
