@@ -262,14 +262,15 @@ def calibrate(device, seconds: float) -> Calibration:
     t0 = time.perf_counter()
     if device.type == "cuda":
         cfg, seq, batch = GPU_REF, GPU_REF_SEQ, GPU_REF_BATCH
-        r = _train_steps(cfg, batch, seq, device, None, seconds, torch.bfloat16, ce_kernel=False, half_residual=False)
+        r = _train_steps(cfg, batch, seq, device, None, seconds, torch.bfloat16, ce_kernel=False, half_residual=False,
+                         max_wall_s=2 * seconds + 5.0)  # CUDA start-up comes on top
         name, mem = torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory
         what = f"12x768 eager bf16 {batch}x{seq}"
     else:
         set_threads(None, device)  # as the trainer will: all cores
         cfg = _cpu_config(*CPU_LADDER[0])
         seq, batch = CPU_SEQ, CPU_BATCH
-        r = _train_steps(cfg, batch, seq, device, None, seconds, torch.float32)
+        r = _train_steps(cfg, batch, seq, device, None, seconds, torch.float32, max_wall_s=2 * seconds)
         name, mem = device.type, 0.5 * _ram_gb() * GB
         what = f"3x96 eager fp32 {batch}x{seq}"
     return Calibration(device.type, name, r["tokens_per_s"] * flops_per_token(cfg, seq), float(mem),

@@ -188,3 +188,12 @@ def test_short_cpu_budgets_skip_the_calibration(monkeypatch):
     assert (setup.model, setup.train, setup.tokenizer) == (static.model, static.train, static.tokenizer)
     assert setup.sizing["choice"]["name"] == "3x96" and "no calibration" in setup.sizing["method"]
     assert lines[0].startswith("size: 3x96 (") and "too short" in lines[0]
+
+
+def test_timed_steps_stop_at_the_wall_clock_cap():
+    from budgetlm.config import ModelConfig
+    from budgetlm.memory import _train_steps
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16)
+    t = time.perf_counter()
+    r = _train_steps(cfg, 2, 16, torch.device("cpu"), None, 60.0, torch.float32, max_wall_s=0.2)
+    assert time.perf_counter() - t < 10 and r["steps"] >= 1  # not the 60 s asked for
