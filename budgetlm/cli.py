@@ -274,7 +274,7 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
     overrides = {**_picked(args, ("n_layer", "n_head", "n_embd", "mlp", "norm", "pos", "seq_len", "batch_size", "lr",
                                   "compile", "threads", "log_to")), "progress": not args.no_progress}
     speedrun(args.budget, args.data, args.tokenizer, args.out, args.device or "auto", seed=args.seed,
-             overrides=overrides, auto=args.auto_size, probe_seconds=args.probe_seconds)
+             overrides=overrides, auto=args.auto_size, probe_seconds=args.probe_seconds, sizing=args.sizing)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,7 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device")
     sp.add_argument("--seed", type=int, default=1337)
     sp.add_argument("--no-progress", action="store_true")
-    sp.add_argument("--auto-size", action="store_true", help="measure several sizes and pick what the budget favours")
+    sp.add_argument("--sizing", choices=["measured", "static"], default="measured",
+                    help="measured: size model, batch and tokenizer from a short calibration of this device (default); "
+                         "static: the fixed per-device defaults")
+    sp.add_argument("--auto-size", action="store_true", help="after data prep, time several sizes and keep the one "
+                    "the budget favours (replaces the sizing's shape)")
     sp.add_argument("--probe-seconds", type=float, default=4.0, help="seconds of measurement per --auto-size size")
     for flag, typ in (("--n-layer", int), ("--n-head", int), ("--n-embd", int), ("--seq-len", int),
                       ("--batch-size", int), ("--lr", float), ("--threads", int)):

@@ -223,19 +223,24 @@ def pick_micro_batch(cfg: ModelConfig, seq_len: int, mem_bytes: float, dtype: st
 def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch.device, steps: int | None,
                  seconds: float | None, dtype: torch.dtype, compile: bool = False, accum: int = 1,
                  fused_loss: bool = False, recompute: int = 0, warmup: int = 1,
-                 half_residual: bool | None = None, cuda_graphs: bool = False) -> dict[str, Any]:
+                 half_residual: bool | None = None, cuda_graphs: bool = False,
+                 ce_kernel: bool | None = None, max_wall_s: float | None = None) -> dict[str, Any]:
     """Real AdamW steps on random tokens, as the trainer takes them (fp32 params, autocast,
     logits held through the backward, `accum` micro-batches, clip, step, zero_grad(set_to_none)).
-    The first `warmup` steps (optimizer state, kernel selection, compile) are not timed."""
+    The first `warmup` steps (optimizer state, kernel selection, compile) are not timed.
+    ce_kernel: None = the trainer's auto choice; False = the plain loss (speedrun_size's calibration).
+    max_wall_s: also stop timing once this much wall time has passed since the call, build and warm-up
+    included (after one timed step), so a calibration stays inside its share on a slow or busy machine."""
     from contextlib import nullcontext
 
+    begin = time.perf_counter()
     cfg = dataclasses.replace(cfg, block_size=max(cfg.block_size, seq_len))
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     if hasattr(model, "set_recompute"):  # the trainer's switches, set the way it sets them
         model.set_recompute(_level(recompute))
         model.fused_loss = fused_loss
-        model.ce_kernel = resolve_ce_kernel("auto", device, fused_loss)
+        model.ce_kernel = resolve_ce_kernel("auto", device, fused_loss) if ce_kernel is None else ce_kernel
         model.half_residual = resolve_half_residual("auto", device, dtype) if half_residual is None \
             else half_residual
     graph_grads = cuda_graphs and compile and accum > 1  # as in the trainer: see keep_grads_allocated
@@ -273,6 +278,8 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
     times: list[float] = []
     t0 = time.perf_counter()
     while (steps is not None and len(times) < steps) or (seconds is not None and time.perf_counter() - t0 < seconds):
+        if max_wall_s is not None and times and time.perf_counter() - begin > max_wall_s:
+            break
         times.append(step())
     step_s = statistics.median(times) if times else first
     return {"first_step_s": first, "step_s": step_s, "steps": len(times), "accum": accum,

@@ -14,6 +14,8 @@ from budgetlm.data.prepare import META_FILE, prepare
 from budgetlm.data.sources import hub_reachable
 from budgetlm.device import pick_device
 from budgetlm.report import finish_run
+from budgetlm.speedrun_size import (Calibration, apply_sizing, calibrate, calibration_pays, calibration_seconds,
+                                    estimate_unique_tokens, size_model, smallest_without_calibration)
 from budgetlm.errors import BudgetLMError
 from budgetlm.train.budget import parse_budget
 from budgetlm.train.trainer import Clock, train
@@ -30,13 +32,20 @@ class Setup:
     train: TrainConfig
     tokenizer: str
     why: str
+    sizing: dict | None = None  # what speedrun_size chose and why (summary.json "sizing"); None = static
 
 
-def choose_setup(budget: str, device: str, tokenizer: str | None = None) -> Setup:
-    """A model and batch for the budget and device, from the measurements in benchmarks/results.md.
+def choose_setup(budget: str, device: str, tokenizer: str | None = None, calibration: Calibration | None = None,
+                 unique_tokens: float | None = None, seconds_left: float | None = None,
+                 log=print) -> Setup:
+    """A model and batch for the budget and device.
 
-    CPU: a 2-core laptop-class CPU trains ~1M-param models at tens of thousands of tokens/s, so
-    5 minutes sees ~10M tokens; Chinchilla (~20 tokens/param) then favours ~0.5-1.5M params.
+    With a `calibration` (speedrun_size.calibrate) and a time budget, the size, batch, seq len, lr and
+    tokenizer come from the device's measured speed and the data's unique tokens (speedrun_size.size_model);
+    on a CPU its 5-minute answer is the static default below, the measured best. Without one: the static
+    defaults, from the measurements in benchmarks/RESULTS.md. CPU: a 2-core laptop-class CPU trains ~1M-param
+    models at tens of thousands of tokens/s, so 5 minutes sees ~10M tokens; Chinchilla (~20 tokens/param)
+    then favours ~0.5-1.5M params.
     """
     b = parse_budget(budget)
     seconds = b.amount if b.kind == "time" else 300.0
@@ -59,7 +68,13 @@ def choose_setup(budget: str, device: str, tokenizer: str | None = None) -> Setu
     else:
         mcfg = model_config(preset, block_size=seq)
     tcfg = TrainConfig(budget=budget, batch_size=batch, seq_len=seq, lr=lr, device=device)
-    return Setup(mcfg, tcfg, tok, why)
+    setup = Setup(mcfg, tcfg, tok, why)
+    if calibration is not None and b.kind == "time":
+        sized = size_model(seconds if seconds_left is None else seconds_left, calibration, unique_tokens, tokenizer)
+        apply_sizing(sized, setup.model, setup.train, log)
+        setup.tokenizer, setup.sizing = sized.tokenizer, sized.facts
+        setup.why = f"sized from the measured speed: {sized.choice.name}, {sized.choice.params:,} params"
+    return setup
 
 
 def pick_size(shapes: list[tuple[int, float]], seconds: float, tokens_per_param: float = 20.0) -> int:
@@ -78,7 +93,11 @@ def pick_size(shapes: list[tuple[int, float]], seconds: float, tokens_per_param:
 def auto_size(model: ModelConfig, train_cfg: TrainConfig, seconds_left: float, probe_seconds: float,
               log=print) -> ModelConfig:
     """Measure tokens/s of each AUTO_SHAPES size on this device for `probe_seconds` and keep the
-    one the budget favours (pick_size). The probes run inside the budget clock."""
+    one the budget favours (pick_size). The probes run inside the budget clock.
+
+    Opt-in (`--auto-size`), beside the default sizing (speedrun_size), which predicts every size from
+    one ~1% calibration: these probes cost 6 x probe_seconds (24 s of a 5-minute budget by default)
+    and on CUDA each one would compile; they remain as a measured check of the prediction."""
     import dataclasses
     from budgetlm.memory import measure_throughput
     dev = pick_device(train_cfg.device)
@@ -121,29 +140,79 @@ def resolve_source(data: str, log=print) -> str:
     return "synth"
 
 
-def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | None = None, out_dir: str = "runs/speedrun",
-             device: str = "auto", cache_root: str = "data_cache", seed: int = 1337, n_samples: int = 3,
-             sample_tokens: int = 200, overrides: dict | None = None, auto: bool = False,
-             probe_seconds: float = 4.0, log=print) -> tuple[RunInfo, list]:
-    """Run the whole path under one budget; returns the run summary and the sample stories."""
-    clock = Clock()
-    setup = choose_setup(budget, device, tokenizer)
-    for k, v in (overrides or {}).items():
-        if v is None:
-            continue
+def _sized_setup(budget: str, device: str, tokenizer: str | None, sizing: str, src: str,
+                 unique_tokens: float | None, clock: Clock, log) -> Setup:
+    """choose_setup after a calibration of this device (sizing="measured", time budgets), else the static one."""
+    if sizing not in ("measured", "static"):
+        raise BudgetLMError(f"--sizing must be measured or static, got {sizing!r}")
+    b = parse_budget(budget)
+    if sizing == "static" or b.kind != "time":
+        return choose_setup(budget, device, tokenizer)
+    dev = pick_device(device)
+    unique = unique_tokens if unique_tokens is not None else estimate_unique_tokens(src)
+    if dev.type == "cpu" and not calibration_pays(b.amount, unique, tokenizer):
+        setup = choose_setup(budget, device, tokenizer)  # the static CPU default is the ladder's first shape
+        setup.sizing, line = smallest_without_calibration(b.amount, tokenizer)
+        log(line)
+        return setup
+    cal = calibrate(dev, calibration_seconds(b.amount))
+    if dev.type == "cuda":
+        import torch
+        torch.cuda.empty_cache()  # the probe's model is gone; give its memory back to the trainer
+    setup = choose_setup(budget, device, tokenizer, cal, unique, b.amount - clock.elapsed(), log)
+    if setup.sizing is not None:
+        setup.sizing["unique_tokens_source"] = "given" if unique_tokens is not None else \
+            ("estimate: file bytes / 4 per token" if unique else "not limited (generated or hub data)")
+    return setup
+
+
+def _apply_overrides(setup: Setup, overrides: dict) -> None:
+    """Explicit flags win over the sizing; a changed batch or seq len drops the sized accumulation."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for k, v in given.items():
         target = setup.model if hasattr(setup.model, k) else setup.train if hasattr(setup.train, k) else None
         if target is None:
             raise BudgetLMError(f"speedrun: unknown override {k!r}")
         setattr(target, k, v)
+    if {"batch_size", "seq_len"} & set(given):
+        setup.train.total_batch_tokens = None
     setup.model.block_size = max(setup.model.block_size, setup.train.seq_len)
-    setup.train.out_dir, setup.train.seed = out_dir, seed
+    sized_fields = sorted(set(given) & {"n_layer", "n_head", "n_embd", "mlp", "norm", "pos", "seq_len", "batch_size", "lr"})
+    if setup.sizing is not None and sized_fields:
+        setup.sizing["overridden_by_flags"] = {k: given[k] for k in sized_fields}
+
+
+def _add_to_summary(out_dir: str, key: str, value) -> None:
+    """Add one entry to the run's summary.json (the trainer wrote it before the speedrun knew the rest)."""
+    path = Path(out_dir) / "summary.json"
+    if path.is_file():
+        summary = json.loads(path.read_text())
+        summary[key] = value
+        path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | None = None, out_dir: str = "runs/speedrun",
+             device: str = "auto", cache_root: str = "data_cache", seed: int = 1337, n_samples: int = 3,
+             sample_tokens: int = 200, overrides: dict | None = None, auto: bool = False,
+             probe_seconds: float = 4.0, sizing: str = "measured", unique_tokens: float | None = None,
+             log=print) -> tuple[RunInfo, list]:
+    """Run the whole path under one budget; returns the run summary and the sample stories.
+
+    sizing: "measured" (default) sizes model, batch and tokenizer from a short calibration of this device
+    (speedrun_size); "static" keeps the fixed per-device defaults. unique_tokens: what the data source
+    holds (default: estimated from its file sizes); explicit overrides win over both."""
+    clock = Clock()
     b = parse_budget(budget)
+    src = resolve_source(data, log)
+    # --auto-size times each of its shapes itself, so it starts from the static setup, as it always did.
+    setup = _sized_setup(budget, device, tokenizer, "static" if auto else sizing, src, unique_tokens, clock, log)
+    _apply_overrides(setup, overrides or {})
+    setup.train.out_dir, setup.train.seed = out_dir, seed
     # Tokenize only what the budget can consume: a generous guess of tokens/s times the budget.
     # (measured: ~40k tok/s on a 2-core CPU for the CPU setup; GPUs ~1M for the small models)
     tok_s_guess = 60_000 if pick_device(device).type == "cpu" else 2_000_000
     max_tokens = int(b.amount * tok_s_guess) if b.kind == "time" else int(b.amount) if b.kind == "tokens" else None
     val_tokens = 1_000_000 if max_tokens is None else min(1_000_000, max(20_000, max_tokens // 100))
-    src = resolve_source(data, log)
     ddir, ready = _cached_data_dir(Path(cache_root), src, setup.tokenizer, max_tokens)
     if ready:
         log(f"using prepared data in {ddir}")
@@ -160,13 +229,18 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
     # Sampling happens after training but inside the budget: keep time for it (~5 ms/token, measured).
     reserve = n_samples * sample_tokens * 0.005
     info = train(setup.model, setup.train, ddir, clock=clock, reserve_s=reserve, log=log)
+    if setup.sizing is not None:  # in summary.json before sampling, so an interrupted run keeps it too
+        _add_to_summary(out_dir, "sizing", setup.sizing)
+        info.extra["sizing"] = setup.sizing
     prompts = PROMPTS[:n_samples]
     if info.extra["data"].get("lowercase"):  # e.g. the lower-cased shared TinyStories copy
         prompts = tuple(p.lower() for p in prompts)
     samples = finish_run(out_dir, info, prompts, sample_tokens, seed, log)
     info.extra["prep_seconds"] = prep_seconds
     info.extra["total_seconds"] = clock.elapsed()
-    log(f"speedrun finished in {clock.elapsed():.1f}s of a {budget} budget (data {prep_seconds:.1f}s, "
+    cal_s = (setup.sizing or {}).get("calibration", {}).get("seconds", 0.0)
+    log(f"speedrun finished in {clock.elapsed():.1f}s of a {budget} budget ("
+        + (f"sizing calibration {cal_s:.1f}s, " if cal_s else "") + f"data {prep_seconds - cal_s:.1f}s, "
         f"training+eval+checkpoint {info.extra['elapsed'] - prep_seconds:.1f}s, "
         f"samples {clock.elapsed() - info.extra['elapsed']:.1f}s)")
     return info, samples

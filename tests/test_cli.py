@@ -82,6 +82,8 @@ def test_speedrun_offline_falls_back_to_synth(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     # the CPU default is the 5-minute study's best setting (benchmarks/RESULTS.md §6)
     assert (summary["model"]["n_layer"], summary["model"]["n_embd"], summary["model"]["mlp"]) == (3, 96, "swiglu")
+    # ... chosen by the default sizing from a calibration of this CPU, which says so
+    assert summary["sizing"]["choice"]["name"] == "3x96" and "size: 3x96 (" in res.stdout
     assert summary["elapsed"] <= 25 + 1.0
     assert summary["val_bpb"] < 4.0  # learned something: a uniform 2048-way guess is ~3.3 bits per ~1 byte token
     samples = json.loads((tmp_path / "run" / "samples.json").read_text())
