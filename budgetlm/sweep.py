@@ -195,20 +195,17 @@ def row_from_summary(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
 def execute(spec: SweepSpec, run: Run, threads: int | None = None) -> dict[str, Any]:
     """Train one run (resuming an interrupted one) and return its row; failures become a row too.
     Top-level so worker processes can run it."""
-    from budgetlm.train.checkpoint import resolve_checkpoint
     from budgetlm.train.trainer import train
     out = Path(spec.out)
     run_path = out / run.run_dir
     mcfg, tcfg = build_configs(spec, run, out, threads)
-    resume = None
-    if run_path.exists():
-        try:
-            ckpt = resolve_checkpoint(run_path)
-            resume = str(run_path) if (ckpt / "state.pt").is_file() else None
-        except BudgetLMError:
-            pass
-        if resume is None:  # nothing to continue from: start clean, not appending to old logs
-            shutil.rmtree(run_path)
+    try:
+        resume = resumable(run_path)
+    except BudgetLMError as e:
+        return {"setting": run.name, "seed": run.seed, "status": "failed", "error": str(e),
+                "run_dir": run.run_dir, **{k: float("nan") for k in METRICS}, **run.setting}
+    if resume is None and run_path.exists():  # nothing to continue from: start clean, not appending to old logs
+        shutil.rmtree(run_path)
     run_path.mkdir(parents=True, exist_ok=True)
     with open(run_path / "train.log", "a") as logf:
         def log(msg: str) -> None:
@@ -223,6 +220,25 @@ def execute(spec: SweepSpec, run: Run, threads: int | None = None) -> dict[str, 
             return {"setting": run.name, "seed": run.seed, "status": "failed", "error": str(e),
                     "run_dir": run.run_dir, **{k: float("nan") for k in METRICS}, **run.setting}
     return row_from_summary(run, json.loads((run_path / "summary.json").read_text()))
+
+
+def resumable(run_path: Path) -> str | None:
+    """The run folder to resume from, or None when it holds no checkpoint at all (it may then be
+    deleted). A folder whose checkpoints are all broken, or hold weights but no training state, is
+    never deleted: BudgetLMError says why, and the run is left for a person to look at."""
+    from budgetlm.train.checkpoint import NoCheckpointError, has_state, resolve_checkpoint
+    if not run_path.exists():
+        return None
+    try:
+        ckpt = resolve_checkpoint(run_path)
+    except NoCheckpointError:
+        return None
+    except BudgetLMError as e:
+        raise BudgetLMError(f"{run_path}: not retrained, its checkpoints are kept: {e}") from None
+    if not has_state(ckpt):
+        raise BudgetLMError(f"{run_path}: not retrained: {ckpt} holds weights but no training state to resume; "
+                            "move the folder away to train this run again")
+    return str(run_path)
 
 
 def write_results(rows: list[dict[str, Any]], out: Path) -> None:
