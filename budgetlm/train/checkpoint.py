@@ -294,7 +294,8 @@ def load_legacy_state(path: Path) -> dict[str, Any]:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         lines = [x.strip() for x in str(e).splitlines() if "Unsupported global" in x or "but got" in x]
-        detail = (lines[0] if lines else type(e).__name__).removeprefix("WeightsUnpickler error: ").split(" was not")[0][:160]
+        detail = (lines[0] if lines else type(e).__name__).removeprefix("WeightsUnpickler error: ")
+        detail = detail.split(" was not")[0][:160]
         raise UnsafeCheckpointError(
             f"{path}: refused: this old-format state file holds objects other than tensors, numbers and numpy "
             f"arrays, so loading it could run code ({detail}). budgetlm writes state as {STATE_TENSORS} + "

@@ -3,13 +3,16 @@
 A truncated or overwritten file (disk full, a half-copied folder, bit rot) then shows up as a
 named mismatch instead of a traceback deep inside safetensors or json, so the loader can fall
 back to an older checkpoint. Hashing reads each file once more, from the page cache right after
-writing; hashlib releases the GIL and runs at ~1-2 GB/s, small beside writing the files.
+writing, the files in parallel threads (hashlib releases the GIL). Measured for a 124M model on 2
+shared CPU cores, a 1.5 GB checkpoint (weights + AdamW state): save 5.8-6.7 s, of which the manifest
+1.0-1.1 s (the pickled state.pt it replaces took 7.1 s); load with verification 1.4 s (1.0 s before).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -27,7 +30,9 @@ def sha256_file(path: Path) -> str:
 
 def write_manifest(folder: Path, names: list[str]) -> Path:
     """Record the listed files of `folder` (sizes and hashes) in folder/manifest.json."""
-    files = {n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)} for n in names}
+    with ThreadPoolExecutor(len(names) or 1) as pool:  # hashlib releases the GIL: files hash in parallel
+        hashes = list(pool.map(sha256_file, [folder / n for n in names]))
+    files = {n: {"bytes": (folder / n).stat().st_size, "sha256": h} for n, h in zip(names, hashes)}
     path = folder / MANIFEST
     path.write_text(json.dumps({"format": FORMAT, "files": files}, indent=1) + "\n")
     return path
@@ -45,16 +50,19 @@ def manifest_problem(folder: Path, required: tuple[str, ...]) -> str | None:
     missing = [n for n in required if n not in files]
     if missing:
         return f"{MANIFEST} does not list {', '.join(missing)}"
-    for name, entry in files.items():
+    for name, entry in files.items():  # names and sizes first: cheap, and catch truncation
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             return f"{MANIFEST} names {name!r}, not a file of the folder"
-        path = folder / name
         try:
-            size = path.stat().st_size
+            size = (folder / name).stat().st_size
         except OSError:
             return f"{name} is missing"
-        if not isinstance(entry, dict) or size != entry.get("bytes"):
-            return f"{name} has {size} bytes, the manifest says {entry.get('bytes') if isinstance(entry, dict) else '?'}"
-        if sha256_file(path) != entry.get("sha256"):
+        expected = entry.get("bytes") if isinstance(entry, dict) else None
+        if size != expected:
+            return f"{name} has {size} bytes, the manifest says {expected}"
+    with ThreadPoolExecutor(len(files) or 1) as pool:
+        hashes = dict(zip(files, pool.map(sha256_file, [folder / n for n in files])))
+    for name, entry in files.items():
+        if hashes[name] != entry.get("sha256"):
             return f"{name} does not match its SHA-256 in the manifest"
     return None
