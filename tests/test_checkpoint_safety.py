@@ -233,10 +233,12 @@ def test_broken_newest_checkpoint_falls_back(run, synth_data, tmp_path, capsys, 
     else:
         (step(run, 8) / "state.json").write_text("{not json")
     logs = []
-    info = train(tiny(), cfg(run), synth_data, resume=str(run), log=logs.append)
+    info = train(tiny(), cfg(run, checkpoint_every=0), synth_data, resume=str(run), log=logs.append)
     assert any("step_00000004 at step 4" in m for m in logs) and info.steps == 12
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "step_00000008" in err[0] and "using" in err[0] and "step_00000004" in err[0]
+    # pruning keeps the intact step_4 as the one earlier checkpoint, not the broken step_8
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000004", "step_00000012"]
 
 
 def test_broken_newest_falls_back_on_eval_sample_export(run, synth_data, tmp_path, capsys):

@@ -123,9 +123,20 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, mo
         (root / (LATEST + ".tmp")).unlink(missing_ok=True)
         raise BudgetLMError(f"{final}: could not write the checkpoint ({e.strerror or e}); temporary files "
                             f"removed, {previous} stays the latest checkpoint") from None
-    for old in sorted(p for p in root.glob("step_*") if p != final)[:-max(keep - 1, 0) or None]:
-        shutil.rmtree(old, ignore_errors=True)
+    _prune(root, final, keep)
     return final
+
+
+def _prune(root: Path, final: Path, keep: int) -> None:
+    """Keep final and the newest keep-1 other checkpoints that look whole (manifest sizes: no hashing),
+    so a truncated newer folder never outlives the intact older one a fallback would need."""
+    others = sorted(p for p in root.glob("step_*") if p != final and STEP_NAME.fullmatch(p.name))
+    whole = [p for p in others if not (p / MANIFEST).is_file()
+             or manifest_problem(p, (WEIGHTS, CONFIG, TOKENIZER_FILE), hashes=False) is None]
+    kept = set(whole[len(whole) - max(keep - 1, 0):]) if keep > 1 else set()
+    for old in others:
+        if old not in kept:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_folder(tmp: Path, weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], doc: Any,
