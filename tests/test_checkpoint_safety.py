@@ -279,6 +279,26 @@ def test_disk_full_leaves_no_temp_files_and_the_previous_checkpoint(run, synth_d
     assert train(tiny(), cfg(run), synth_data, resume=str(run), log=lambda *_: None).steps == 12
 
 
+def test_a_real_write_failure_is_caught_too(run):
+    """Not a mock: the file-size limit makes the kernel fail the writes (EFBIG), as a full disk would;
+    safetensors reports that as SafetensorError, not OSError."""
+    resource = pytest.importorskip("resource")
+    import signal
+    from budgetlm.report import load_model
+    model, tok, _ = load_model(run)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))  # the weights are ~200 KB
+    try:
+        with pytest.raises(BudgetLMError, match=r"step_00000012: could not write the checkpoint \(.*File too large"):
+            ckpt_mod.save_checkpoint(run / "checkpoints", 12, model, model.cfg, tok, {"step": 12})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert not list((run / "checkpoints").glob(".tmp*")) and not step(run, 12).exists()
+    assert ckpt_mod.resolve_checkpoint(run) == step(run, 8)
+
+
 def test_leftover_temp_folders_are_cleaned_on_save_and_load(run, synth_data):
     root = run / "checkpoints"
     for name in (".tmp_step_00000099", ".tmp_step_00000003"):

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from budgetlm.config import ModelConfig, from_dict, to_dict
@@ -109,20 +110,22 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, mo
     tidy(root)
     final, tmp = root / f"step_{step:08d}", root / f".tmp_step_{step:08d}"
     weights = model_state(model) if weights is None else {k: v.contiguous() for k, v in weights.items()}
-    previous = _latest_name(root) or "no earlier checkpoint"
+    previous = _latest_name(root)
+    kept = f"{previous} stays the latest checkpoint" if previous else "there is no earlier checkpoint"
     bad = nonfinite_weight(weights)
     if bad is not None:
         raise BudgetLMError(f"{final}: not written: weight {bad} holds NaN/inf at step {step}, the run diverged "
-                            f"(try a lower --lr); {previous} stays the latest checkpoint")
+                            f"(try a lower --lr); {kept}")
     tensors, doc = state_codec.encode(state)
     try:
         _write_folder(tmp, weights, tensors, doc, model_cfg, tokenizer)
         _install(root, tmp, final)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
         (root / (LATEST + ".tmp")).unlink(missing_ok=True)
-        raise BudgetLMError(f"{final}: could not write the checkpoint ({e.strerror or e}); temporary files "
-                            f"removed, {previous} stays the latest checkpoint") from None
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise BudgetLMError(f"{final}: could not write the checkpoint ({why}); temporary files removed, {kept}") \
+            from None
     _prune(root, final, keep)
     return final
 
