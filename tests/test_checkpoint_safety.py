@@ -225,18 +225,23 @@ def test_kill_before_the_aside_folder_is_deleted(run, synth_data, monkeypatch):
 
 
 # ---- fallback to the newest intact checkpoint ----
-@pytest.mark.parametrize("damage", ["truncate_weights", "garbage_state"])
+@pytest.mark.parametrize("damage", ["truncate_weights", "garbage_state", "garbage_old_state_pt"])
 def test_broken_newest_checkpoint_falls_back(run, synth_data, tmp_path, capsys, damage):
     if damage == "truncate_weights":
         w = step(run, 8) / "model.safetensors"
         w.write_bytes(w.read_bytes()[:1000])
-    else:
+    elif damage == "garbage_state":
         (step(run, 8) / "state.json").write_text("{not json")
+    else:  # an old-format folder (no manifest) whose state.pt is damaged, not crafted: fall back, not refuse
+        make_legacy(step(run, 8))
+        (step(run, 8) / "state.pt").write_bytes(b"\x80\x02garbage" * 50)
     logs = []
     info = train(tiny(), cfg(run, checkpoint_every=0), synth_data, resume=str(run), log=logs.append)
     assert any("step_00000004 at step 4" in m for m in logs) and info.steps == 12
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "step_00000008" in err[0] and "using" in err[0] and "step_00000004" in err[0]
+    if damage == "garbage_old_state_pt":
+        return  # without a manifest, pruning cannot tell the old folder is damaged
     # pruning keeps the intact step_4 as the one earlier checkpoint, not the broken step_8
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000004", "step_00000012"]
 

@@ -308,7 +308,9 @@ def load_legacy_state(path: Path) -> dict[str, Any]:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         lines = [x.strip() for x in str(e).splitlines() if "Unsupported global" in x or "but got" in x]
-        detail = (lines[0] if lines else type(e).__name__).removeprefix("WeightsUnpickler error: ")
+        if not lines:  # not a refused object: a damaged file (the caller falls back to an older checkpoint)
+            raise ValueError(f"{path.name}: not a readable state file") from None
+        detail = lines[0].removeprefix("WeightsUnpickler error: ")
         detail = detail.split(" was not")[0][:160]
         raise UnsafeCheckpointError(
             f"{path}: refused: this old-format state file holds objects other than tensors, numbers and numpy "
