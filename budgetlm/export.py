@@ -211,7 +211,8 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     family = hf_family(cfg)
     out = Path(out_dir)
     # HF's file names (config.json, tokenizer.json, model.safetensors) would clobber budgetlm's own.
-    if out.resolve() == ckpt.resolve() or any((out / n).exists() for n in ("state.pt", "state.json", "checkpoints", "latest")):
+    ours = ("state.json", "state.pt", "checkpoints", "latest")
+    if out.resolve() == ckpt.resolve() or any((out / n).exists() for n in ours):
         raise BudgetLMError(f"export: --out {out} is a budgetlm run or checkpoint folder; choose another")
     if tok.vocab_size > cfg.vocab_size:
         raise BudgetLMError(f"export: tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size}")

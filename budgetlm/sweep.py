@@ -19,8 +19,9 @@ CONFIG:
     lr = [1e-3, 3e-3]
 
 Each (setting, seed) trains into OUT/<setting>/seed<S>. Resumable: a run with summary.json is
-read back, not retrained; a run interrupted with a checkpoint resumes from it; one without is
-started again from scratch. Results: OUT/results.jsonl and .csv (a row per run), the
+read back, not retrained; a run interrupted with a checkpoint resumes from it (the newest intact
+one); one without any is started again from scratch. A run whose checkpoints are all broken, or
+hold no training state, is never deleted: it is reported as failed for a person to look at. Results: OUT/results.jsonl and .csv (a row per run), the
 leaderboard (budgetlm/sweep_report.py) in OUT/leaderboard.txt, OUT/bpb_vs_params.png and
 OUT/best_curves.png.
 """
