@@ -20,7 +20,8 @@ from budgetlm.train import checkpoint as ckpt_mod
 from budgetlm.train import state_codec
 from budgetlm.train.trainer import train
 
-MODEL_FLAGS = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--batch-size", "4", "--seq-len", "32"]
+MODEL_FLAGS = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--batch-size", "4", "--seq-len", "32",
+               "--threads", "1"]
 
 
 def tiny():
@@ -160,18 +161,18 @@ def test_crafted_state_runs_nothing_on_eval_sample_export(run, synth_data, tmp_p
 
 
 def test_old_state_pt_converts_safely_and_resumes_exactly(synth_data, tmp_path):
-    straight = train(tiny(), cfg(tmp_path / "a", budget="8-steps", checkpoint_every=0), synth_data,
+    straight = train(tiny(), cfg(tmp_path / "a", budget="4-steps", checkpoint_every=0), synth_data,
                      log=lambda *_: None)
     half = tmp_path / "b"
-    train(tiny(), cfg(half, budget="8-steps", checkpoint_every=0), synth_data, stop_after_steps=4,
+    train(tiny(), cfg(half, budget="4-steps", checkpoint_every=0), synth_data, stop_after_steps=2,
           log=lambda *_: None)
-    original = make_legacy(step(half, 4))
+    original = make_legacy(step(half, 2))
     converted = ckpt_mod.load_checkpoint(half)[4]
     assert same(converted, original)
-    resumed = train(tiny(), cfg(half, budget="8-steps", checkpoint_every=0), synth_data, resume=str(half),
+    resumed = train(tiny(), cfg(half, budget="4-steps", checkpoint_every=0), synth_data, resume=str(half),
                     log=lambda *_: None)
     assert resumed.extra["losses"] == straight.extra["losses"]
-    assert (step(half, 8) / "state.json").is_file() and not (step(half, 8) / "state.pt").exists()
+    assert (step(half, 4) / "state.json").is_file() and not (step(half, 4) / "state.pt").exists()
 
 
 def test_latest_pointing_outside_is_not_followed(run, tmp_path, capsys):
