@@ -21,9 +21,9 @@ CONFIG:
 Each (setting, seed) trains into OUT/<setting>/seed<S>. Resumable: a run with summary.json is
 read back, not retrained; a run interrupted with a checkpoint resumes from it (the newest intact
 one); one without any is started again from scratch. A run whose checkpoints are all broken, or
-hold no training state, is never deleted: it is reported as failed for a person to look at. Results: OUT/results.jsonl and .csv (a row per run), the
-leaderboard (budgetlm/sweep_report.py) in OUT/leaderboard.txt, OUT/bpb_vs_params.png and
-OUT/best_curves.png.
+hold no training state, is never deleted: it is reported as failed for a person to look at.
+Results: OUT/results.jsonl and .csv (a row per run), the leaderboard (budgetlm/sweep_report.py)
+in OUT/leaderboard.txt, OUT/bpb_vs_params.png and OUT/best_curves.png.
 """
 
 from __future__ import annotations
@@ -203,8 +203,7 @@ def execute(spec: SweepSpec, run: Run, threads: int | None = None) -> dict[str, 
     try:
         resume = resumable(run_path)
     except BudgetLMError as e:
-        return {"setting": run.name, "seed": run.seed, "status": "failed", "error": str(e),
-                "run_dir": run.run_dir, **{k: float("nan") for k in METRICS}, **run.setting}
+        return failed_row(run, str(e))
     if resume is None and run_path.exists():  # nothing to continue from: start clean, not appending to old logs
         shutil.rmtree(run_path)
     run_path.mkdir(parents=True, exist_ok=True)
@@ -218,9 +217,13 @@ def execute(spec: SweepSpec, run: Run, threads: int | None = None) -> dict[str, 
             if str(e).startswith("interrupted"):
                 raise
             log(f"error: {e}")
-            return {"setting": run.name, "seed": run.seed, "status": "failed", "error": str(e),
-                    "run_dir": run.run_dir, **{k: float("nan") for k in METRICS}, **run.setting}
+            return failed_row(run, str(e))
     return row_from_summary(run, json.loads((run_path / "summary.json").read_text()))
+
+
+def failed_row(run: Run, error: str) -> dict[str, Any]:
+    return {"setting": run.name, "seed": run.seed, "status": "failed", "error": error,
+            "run_dir": run.run_dir, **{k: float("nan") for k in METRICS}, **run.setting}
 
 
 def resumable(run_path: Path) -> str | None:
