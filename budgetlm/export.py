@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from budgetlm.config import ModelConfig
 from budgetlm.data.tokenizers import EOT, CharTokenizer, HFTokenizer, Tokenizer
 from budgetlm.errors import BudgetLMError
-from budgetlm.train.checkpoint import load_checkpoint
+from budgetlm.train.checkpoint import check_finite, load_checkpoint
 
 Weights = dict[str, torch.Tensor]
 # What each HF class fixes; a model must match one family on all three switches.
@@ -207,10 +207,12 @@ than {cfg.block_size} tokens were never trained on.
 def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write `out_dir` so AutoModelForCausalLM / AutoTokenizer.from_pretrained load the checkpoint."""
     ckpt, cfg, weights, tok, _ = load_checkpoint(checkpoint, with_state=False)
+    check_finite(weights, f"export: {ckpt}")  # a diverged run's NaN weights are no model to ship
     family = hf_family(cfg)
     out = Path(out_dir)
     # HF's file names (config.json, tokenizer.json, model.safetensors) would clobber budgetlm's own.
-    if out.resolve() == ckpt.resolve() or any((out / n).exists() for n in ("state.pt", "checkpoints", "latest")):
+    ours = ("state.json", "state.pt", "checkpoints", "latest")
+    if out.resolve() == ckpt.resolve() or any((out / n).exists() for n in ours):
         raise BudgetLMError(f"export: --out {out} is a budgetlm run or checkpoint folder; choose another")
     if tok.vocab_size > cfg.vocab_size:
         raise BudgetLMError(f"export: tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size}")

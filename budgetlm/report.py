@@ -12,13 +12,15 @@ import torch
 from budgetlm.config import RunInfo
 from budgetlm.generate import Sample, sample_text
 from budgetlm.models import build_model
-from budgetlm.train.checkpoint import load_checkpoint, load_weights
+from budgetlm.train.checkpoint import check_finite, load_checkpoint, load_weights
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, tokenizer, checkpoint folder) from a run or checkpoint folder."""
+    """(model in eval mode, tokenizer, checkpoint folder) from a run or checkpoint folder.
+    A run's newest intact checkpoint is used; weights holding NaN/inf (a diverged run) are refused."""
     from budgetlm.device import pick_device
     ckpt, cfg, weights, tok, _ = load_checkpoint(path, with_state=False)
+    check_finite(weights, str(ckpt))
     model = build_model(cfg)
     load_weights(model, weights, str(ckpt))
     dev = pick_device(device) if isinstance(device, str) else device

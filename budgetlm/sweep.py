@@ -19,10 +19,11 @@ CONFIG:
     lr = [1e-3, 3e-3]
 
 Each (setting, seed) trains into OUT/<setting>/seed<S>. Resumable: a run with summary.json is
-read back, not retrained; a run interrupted with a checkpoint resumes from it; one without is
-started again from scratch. Results: OUT/results.jsonl and .csv (a row per run), the
-leaderboard (budgetlm/sweep_report.py) in OUT/leaderboard.txt, OUT/bpb_vs_params.png and
-OUT/best_curves.png.
+read back, not retrained; a run interrupted with a checkpoint resumes from it (the newest intact
+one); one without any is started again from scratch. A run whose checkpoints are all broken, or
+hold no training state, is never deleted: it is reported as failed for a person to look at.
+Results: OUT/results.jsonl and .csv (a row per run), the leaderboard (budgetlm/sweep_report.py)
+in OUT/leaderboard.txt, OUT/bpb_vs_params.png and OUT/best_curves.png.
 """
 
 from __future__ import annotations
@@ -195,20 +196,16 @@ def row_from_summary(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
 def execute(spec: SweepSpec, run: Run, threads: int | None = None) -> dict[str, Any]:
     """Train one run (resuming an interrupted one) and return its row; failures become a row too.
     Top-level so worker processes can run it."""
-    from budgetlm.train.checkpoint import resolve_checkpoint
     from budgetlm.train.trainer import train
     out = Path(spec.out)
     run_path = out / run.run_dir
     mcfg, tcfg = build_configs(spec, run, out, threads)
-    resume = None
-    if run_path.exists():
-        try:
-            ckpt = resolve_checkpoint(run_path)
-            resume = str(run_path) if (ckpt / "state.pt").is_file() else None
-        except BudgetLMError:
-            pass
-        if resume is None:  # nothing to continue from: start clean, not appending to old logs
-            shutil.rmtree(run_path)
+    try:
+        resume = resumable(run_path)
+    except BudgetLMError as e:
+        return failed_row(run, str(e))
+    if resume is None and run_path.exists():  # nothing to continue from: start clean, not appending to old logs
+        shutil.rmtree(run_path)
     run_path.mkdir(parents=True, exist_ok=True)
     with open(run_path / "train.log", "a") as logf:
         def log(msg: str) -> None:
@@ -220,9 +217,32 @@ def execute(spec: SweepSpec, run: Run, threads: int | None = None) -> dict[str, 
             if str(e).startswith("interrupted"):
                 raise
             log(f"error: {e}")
-            return {"setting": run.name, "seed": run.seed, "status": "failed", "error": str(e),
-                    "run_dir": run.run_dir, **{k: float("nan") for k in METRICS}, **run.setting}
+            return failed_row(run, str(e))
     return row_from_summary(run, json.loads((run_path / "summary.json").read_text()))
+
+
+def failed_row(run: Run, error: str) -> dict[str, Any]:
+    return {"setting": run.name, "seed": run.seed, "status": "failed", "error": error,
+            "run_dir": run.run_dir, **{k: float("nan") for k in METRICS}, **run.setting}
+
+
+def resumable(run_path: Path) -> str | None:
+    """The run folder to resume from, or None when it holds no checkpoint at all (it may then be
+    deleted). A folder whose checkpoints are all broken, or hold weights but no training state, is
+    never deleted: BudgetLMError says why, and the run is left for a person to look at."""
+    from budgetlm.train.checkpoint import NoCheckpointError, has_state, resolve_checkpoint
+    if not run_path.exists():
+        return None
+    try:
+        ckpt = resolve_checkpoint(run_path)
+    except NoCheckpointError:
+        return None
+    except BudgetLMError as e:
+        raise BudgetLMError(f"{run_path}: not retrained, its checkpoints are kept: {e}") from None
+    if not has_state(ckpt):
+        raise BudgetLMError(f"{run_path}: not retrained: {ckpt} holds weights but no training state to resume; "
+                            "move the folder away to train this run again")
+    return str(run_path)
 
 
 def write_results(rows: list[dict[str, Any]], out: Path) -> None:
