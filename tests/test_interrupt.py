@@ -147,3 +147,47 @@ def test_run_stopped_pickles():
     import pickle
     e = pickle.loads(pickle.dumps(RunStopped(signal.SIGTERM, "stopped by SIGTERM at step 3")))
     assert e.exit_code == 143 and str(e) == "stopped by SIGTERM at step 3"
+
+
+def _stop_worker(rank: int, world: int, port: int, data: str, tmp: str) -> None:
+    """A run where rank 1 alone gets SIGTERM during step 3 (resuming from such a checkpoint on
+    several ranks is exact like any other: tests/test_distributed.py)."""
+    from pathlib import Path
+
+    import torch
+
+    from conftest import end_spawned_rank
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    ok = False
+
+    def run_cfg(out):
+        return cfg(Path(tmp) / out, budget="6-steps", batch_size=2, threads=1, dtype="float32", device="cpu",
+                   compile="off", final_eval_tokens=512)
+
+    def sigterm_rank_1(step, *_):
+        if rank == 1 and step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+    try:
+        stopped = None
+        try:
+            train(tiny_model(), run_cfg("b"), data, loss_hook=sigterm_rank_1, **QUIET)
+        except RunStopped as e:
+            stopped = e.signum
+        with open(Path(tmp) / f"rank{rank}.json", "w") as f:
+            json.dump({"stopped": stopped}, f)
+        ok = True
+    finally:
+        end_spawned_rank(rank, world, ok)
+
+
+def test_signal_on_one_rank_stops_all_ranks_on_the_same_step(synth_data, tmp_path):
+    import torch.multiprocessing as mp
+
+    from test_distributed import _free_port
+    mp.spawn(_stop_worker, args=(2, _free_port(), str(synth_data), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["stopped"] for r in ranks] == [signal.SIGTERM, signal.SIGTERM]  # both stopped, neither hung
+    assert ckpt_mod.load_checkpoint(tmp_path / "b")[4]["step"] == 3  # saved once, at the agreed step
