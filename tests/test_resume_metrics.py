@@ -60,3 +60,11 @@ def test_no_validation_split_is_refused_before_training(tmp_path):
     with pytest.raises(BudgetLMError, match=rf"{data}: the val split has 0 tokens; .* --val-frac above 0"):
         train(tiny_model(), cfg(out), data, **QUIET)
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()  # nothing trained, nothing lost
+
+
+@pytest.mark.gpu
+def test_losses_read_back_late_are_counted_once(synth_data, tmp_path):
+    """On CUDA the losses of steps after the last log line are read back at the end; they were
+    added twice (after the loop and again in the final checkpoint)."""
+    info = train(tiny_model(), cfg(tmp_path, budget="7-steps", log_every=4, device="cuda"), synth_data, **QUIET)
+    assert len(info.extra["losses"]) == 7
