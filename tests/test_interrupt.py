@@ -24,10 +24,12 @@ CLI_RUN = ["--budget", "100000-steps", "--n-layer", "2", "--n-head", "2", "--n-e
 
 
 def _cli(data, out, *extra):
-    # SIGINT back to its default in the child: a background job inherits it ignored, and budgetlm
-    # (rightly) leaves an ignored signal alone.
+    # A short final eval (a config-file setting); SIGINT back to its default in the child: a
+    # background job inherits it ignored, and budgetlm (rightly) leaves an ignored signal alone.
+    toml = out.parent / f"{out.name}.toml"
+    toml.write_text("[train]\nfinal_eval_tokens = 512\n")
     return subprocess.Popen([sys.executable, "-m", "budgetlm", "train", "--data", str(data), "--out", str(out),
-                             *CLI_RUN, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "--config", str(toml), *CLI_RUN, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
@@ -191,3 +193,34 @@ def test_signal_on_one_rank_stops_all_ranks_on_the_same_step(synth_data, tmp_pat
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["stopped"] for r in ranks] == [signal.SIGTERM, signal.SIGTERM]  # both stopped, neither hung
     assert ckpt_mod.load_checkpoint(tmp_path / "b")[4]["step"] == 3  # saved once, at the agreed step
+
+
+def test_stop_right_after_a_checkpoint_keeps_it(synth_data, tmp_path, monkeypatch):
+    """A stop on the step a checkpoint was just written (or resumed from) does not write it again:
+    rewriting removes the folder `latest` points to for a moment."""
+    saves = []
+    orig = ckpt_mod.save_checkpoint
+
+    def counting(root, step, *a, **k):
+        saves.append(step)
+        return orig(root, step, *a, **k)
+    from budgetlm.train import trainer
+    monkeypatch.setattr(trainer, "save_checkpoint", counting)
+
+    def sigterm_in_step_4(step, *_):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+    with pytest.raises(RunStopped, match="at step 4; checkpoint saved"):
+        train(tiny_model(), cfg(tmp_path, checkpoint_every=2), synth_data, loss_hook=sigterm_in_step_4, **QUIET)
+    assert saves == [2, 4]
+    orig_meta = trainer.load_meta
+
+    def sigterm_during_setup(*a):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return orig_meta(*a)
+    monkeypatch.setattr(trainer, "load_meta", sigterm_during_setup)
+    with pytest.raises(RunStopped, match="at step 4; checkpoint saved"):  # the resumed run stops before a step
+        train(tiny_model(), cfg(tmp_path, checkpoint_every=2), synth_data, resume=str(tmp_path), **QUIET)
+    assert saves == [2, 4]
+    assert ckpt_mod.load_checkpoint(tmp_path)[4]["step"] == 4

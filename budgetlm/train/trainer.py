@@ -31,8 +31,8 @@ from budgetlm.train.budget import lr_at, parse_budget
 from budgetlm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from budgetlm.train.distributed import DistContext, maybe_main_first, setup as setup_distributed
 from budgetlm.train.interrupt import RunStopped, StopSignals, signal_name
-from budgetlm.train.runlock import hold_run_lock
 from budgetlm.train.progress import Progress
+from budgetlm.train.runlock import hold_run_lock
 
 # Replaces the loss (distillation and the like): (step, frac, x, y, logits, loss) -> loss, or None to keep it.
 LossHook = Callable[..., "torch.Tensor | None"]
@@ -296,6 +296,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
     train_start = clock.elapsed()
     session_tokens, session_start = 0, time.perf_counter()
     stopped_by = 0  # the signal that stopped the run at a step boundary
+    saved_step = step if state is not None else -1  # the newest checkpoint's step: not rewritten on a stop
     model.train()
     try:
         while True:
@@ -399,6 +400,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                     progress.note(f"step {step} sample: {text!r}")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 checkpoint()
+                saved_step = step
     finally:
         progress.close()
 
@@ -407,7 +409,8 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
         pending_losses.clear()  # or checkpoint() would add them a second time
     train_seconds = clock.elapsed() - train_start
     if stopped_by:
-        checkpoint()  # the handlers are still in: a second Ctrl-C cannot cut this short
+        if step != saved_step:
+            checkpoint()  # the handlers are still in: a second Ctrl-C cannot cut this short
         if metrics_f is not None:
             metrics_f.close()
         message = f"stopped by {signal_name(stopped_by)} at step {step}; checkpoint saved; continue with --resume {out}"
