@@ -224,3 +224,22 @@ def test_stop_right_after_a_checkpoint_keeps_it(synth_data, tmp_path, monkeypatc
         train(tiny_model(), cfg(tmp_path, checkpoint_every=2), synth_data, resume=str(tmp_path), **QUIET)
     assert saves == [2, 4]
     assert ckpt_mod.load_checkpoint(tmp_path)[4]["step"] == 4
+
+
+class _OtherRank:
+    """A ctx for rank 1 of 2 whose all_reduce_sum adds rank 0's contribution."""
+    enabled, is_main = True, False
+
+    def __init__(self, rank0):
+        self.rank0 = rank0
+
+    def all_reduce_sum(self, values):
+        return [a + b for a, b in zip(values, self.rank0)]
+
+
+def test_poll_gives_rank_0s_value_and_any_ranks_signal():
+    stop = StopSignals()
+    assert stop.poll(_OtherRank([0.75, 0.0, 0.0]), 0.5) == (0.75, 0)  # rank 0's clock fraction decides
+    stop.signum = signal.SIGINT
+    assert stop.poll(_OtherRank([0.75, 0.0, 0.0]), 0.5) == (0.75, signal.SIGINT)
+    assert stop.poll(_OtherRank([0.75, 0.0, 1.0]), 0.5) == (0.75, signal.SIGTERM)  # SIGTERM wins
