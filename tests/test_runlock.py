@@ -95,3 +95,14 @@ def test_lock_is_exclusive_and_released_only_by_its_owner(tmp_path):
     a.release()  # already released: must not remove b's lock
     assert (tmp_path / ".lock").exists()
     b.release()
+
+
+def test_unreadable_lock_is_taken_over_once_old(tmp_path):
+    (tmp_path / ".lock").write_text("")  # a writer died between creating and filling it
+    with pytest.raises(BudgetLMError, match="another run is starting"):
+        RunLock(tmp_path).acquire()  # so fresh, it may be being written now
+    old = time.time() - 60
+    os.utime(tmp_path / ".lock", (old, old))
+    notes = []
+    RunLock(tmp_path, log=notes.append).acquire().release()
+    assert notes == [f"note: {tmp_path}: took over an unreadable lock"]

@@ -29,11 +29,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _parse(text: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+
+
 def _read(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
-    except (OSError, ValueError):
+        return _parse(path.read_text())
+    except OSError:
         return None
 
 
@@ -62,13 +69,13 @@ class RunLock:
 
     def _take_over_if_stale(self) -> None:
         """Remove the lock if its owner is gone; raise if it is (or may be) alive."""
-        text = self.path.read_text() if self.path.exists() else None
-        if text is None:
+        try:
+            text, mtime = self.path.read_text(), self.path.stat().st_mtime
+        except FileNotFoundError:
             return  # released meanwhile
-        owner = _read(self.path)
+        owner = _parse(text)
         if owner is None:
-            age = time.time() - self.path.stat().st_mtime
-            if age < FRESH_S:
+            if time.time() - mtime < FRESH_S:
                 raise BudgetLMError(f"{self.out}: another run is starting in this folder ({self.path})")
             why = "an unreadable lock"
         else:
@@ -80,9 +87,13 @@ class RunLock:
             if _pid_alive(owner["pid"]):
                 raise BudgetLMError(f"{self.out}: in use by {holder}; use another --out or stop that run")
             why = f"a stale lock ({holder}, no longer running)"
-        if self.path.exists() and self.path.read_text() == text:  # unchanged since read: still the stale one
-            self.path.unlink(missing_ok=True)
-            self.log(f"note: {self.out}: took over {why}")
+        try:
+            if self.path.read_text() != text:  # replaced since read: not the stale one any more
+                return
+            self.path.unlink()
+        except FileNotFoundError:
+            return
+        self.log(f"note: {self.out}: took over {why}")
 
     def release(self) -> None:
         if self.held and (_read(self.path) or {}).get("pid") == self.mine["pid"]:
