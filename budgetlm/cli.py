@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from budgetlm.errors import BudgetLMError
+from budgetlm.train.interrupt import RunStopped
 
 MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "norm", "pos", "mlp_hidden")
 TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac", "warmup_frac", "warmup_steps",
@@ -383,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     except BudgetLMError as e:
         print(f"budgetlm {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:  # stopped by a signal after a checkpoint; the trainer logged how to resume
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"budgetlm {args.verb}: interrupted", file=sys.stderr)
         return 130

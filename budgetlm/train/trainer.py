@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from budgetlm.train.budget import lr_at, parse_budget
 from budgetlm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from budgetlm.train.distributed import DistContext, maybe_main_first, setup as setup_distributed
 from budgetlm.train.eval_points import EvalPoints
+from budgetlm.train.interrupt import RunStopped, StopSignals, signal_name
 from budgetlm.train.progress import Progress
+from budgetlm.train.runlock import hold_run_lock
 from budgetlm.train.sinks import open_sinks
 
 # Replaces the loss (distillation and the like): (step, frac, x, y, logits, loss) -> loss, or None to keep it.
@@ -82,6 +85,31 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _check_val_split(n_tokens: int, cfg: TrainConfig, data_dir: str | Path) -> None:
+    """The evals need one window of seq_len+1 validation tokens; fail before training, not after it."""
+    if n_tokens < cfg.seq_len + 1:
+        where = f"--val-shards {cfg.val_shards}" if cfg.val_shards else f"{data_dir}: the val split"
+        raise BudgetLMError(f"{where} has {n_tokens} tokens; the evals need at least seq_len+1 = {cfg.seq_len + 1} "
+                            f"(prepare the data with --val-frac above 0, or give --val-shards)")
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Keep only metrics rows up to the resumed step (and no torn last line), replacing the file atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 def _sample(model: torch.nn.Module, tokenizer: Any, n_tokens: int, seed: int) -> str | None:
     """A sample from end-of-text with its own generator, so training's RNG stream is untouched."""
     from budgetlm.generate import sample_text
@@ -101,10 +129,14 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     reserve_s: seconds the caller needs after training (e.g. sampling), kept out of a time budget.
     stop_after_steps: end early as if interrupted (the schedule still assumes the full budget).
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 alone writes files and logs.
+    The run holds OUT/.lock throughout; SIGINT/SIGTERM stop it at a step boundary with a
+    checkpoint, then raise RunStopped (see budgetlm.train.interrupt).
     """
     with setup_distributed(pick_device(cfg.device), cfg.parallel, cfg.zero_stage) as ctx:
-        return _train(ctx, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s, stop_after_steps,
-                      log if ctx.is_main else (lambda *_: None))
+        log = log if ctx.is_main else (lambda *_: None)
+        with hold_run_lock(cfg.out_dir, ctx, log), StopSignals() as stop:
+            return _train(ctx, stop, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s,
+                          stop_after_steps, log)
 
 
 def compile_seconds(step_times: list[float], compiled: bool) -> float | None:
@@ -119,9 +151,9 @@ def compile_seconds(step_times: list[float], compiled: bool) -> float | None:
     return sum(max(0.0, t - base) for t in warm)
 
 
-def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume: str | None,
-           loss_hook: LossHook | None, clock: Clock | None, reserve_s: float, stop_after_steps: int | None,
-           log: Callable[[str], None]) -> RunInfo:
+def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path,
+           resume: str | None, loss_hook: LossHook | None, clock: Clock | None, reserve_s: float,
+           stop_after_steps: int | None, log: Callable[[str], None]) -> RunInfo:
     budget = parse_budget(cfg.budget)
     clock = clock or Clock()
     out = Path(cfg.out_dir)
@@ -144,6 +176,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     train_tokens = load_pattern(cfg.train_shards) if cfg.train_shards else load_split(data_dir, "train")
     val_tokens = load_pattern(cfg.val_shards) if cfg.val_shards else load_split(data_dir, "val")
     loader = BatchLoader(train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world)
+    _check_val_split(val_tokens.size, cfg, data_dir)  # before training, not at its final eval
     micro_tokens = cfg.batch_size * cfg.seq_len
     step_micro = micro_tokens * ctx.world  # tokens in one micro-step of all ranks (llm.c: B*T*num_processes)
     accum = max(1, (cfg.total_batch_tokens or step_micro) // step_micro)
@@ -212,6 +245,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     final_eval_tokens = cfg.final_eval_tokens or val_tokens.size
     ckpt_root = out / "checkpoints"
     pending_losses: list[torch.Tensor] = []  # per-step losses not yet read back from the device
+    if state is not None and ctx.is_main:
+        _drop_metrics_after(out / "metrics.jsonl", step)  # the resumed run logs those steps again
     sinks = open_sinks(out, cfg.log_to, resume_step=step if state is not None else None,
                        config={"model": to_dict(model_cfg), "train": to_dict(cfg)}, log=log) if ctx.is_main else None
     flops_per_token = model.flops_per_token(cfg.seq_len) if hasattr(model, "flops_per_token") else 6 * n_params
@@ -305,7 +340,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
         progress.note(f"step {step}: val loss {ev['val_loss']:.4f} bpb {ev['val_bpb']:.4f}")
         return seconds
     session_tokens, session_start = 0, time.perf_counter()
-    interrupted = False
+    stopped_by = 0  # the signal that stopped the run at a step boundary
+    saved_step = step if state is not None else -1  # the newest checkpoint's step: not rewritten on a stop
     model.train()
     try:
         while True:
@@ -313,9 +349,15 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
             elapsed = clock.elapsed()
             if budget.kind == "time":
                 frac = elapsed / max(budget.amount - reserve - hs_seconds, 1e-9)
-                frac = ctx.broadcast_float(frac)  # rank 0's clock decides, so all ranks stop on the same step
+                # rank 0's clock decides, so all ranks stop on the same step; a stop request rides along
+                frac, stopped_by = stop.poll(ctx, frac)
             else:
                 frac = budget.fraction(elapsed, tokens_seen, step)
+                # under several ranks agreeing costs a sync: do it where the host waits anyway
+                if not ctx.enabled or device.type != "cuda" or step % cfg.log_every == 0:
+                    stopped_by = stop.poll(ctx)[1]
+            if stopped_by:
+                break
             max_frac = max(max_frac, frac)  # monotone even when the reserve estimate moves
             if max_frac >= 1.0 or (stop_after_steps is not None and step >= stop_after_steps):
                 break
@@ -404,19 +446,22 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                     progress.note(f"step {step} sample: {text!r}")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 checkpoint()
-    except KeyboardInterrupt:
-        interrupted = True
+                saved_step = step
     finally:
         progress.close()
 
     if pending_losses:
         losses.extend(torch.stack(pending_losses).tolist())
+        pending_losses.clear()  # or checkpoint() would add them a second time
     train_seconds = clock.elapsed() - train_start
-    if interrupted:
-        checkpoint()
+    if stopped_by:
+        if step != saved_step:
+            checkpoint()  # the handlers are still in: a second Ctrl-C cannot cut this short
         if sinks is not None:
             sinks.close()
-        raise BudgetLMError(f"interrupted at step {step}; checkpoint saved; continue with --resume {out}")
+        message = f"stopped by {signal_name(stopped_by)} at step {step}; checkpoint saved; continue with --resume {out}"
+        log(message)
+        raise RunStopped(stopped_by, message)
     if step == 0 and stop_after_steps != 0:
         raise BudgetLMError(f"--budget {cfg.budget}: too small to take one training step "
                             f"(reserve for the final eval is {reserve:.1f}s)")
