@@ -138,17 +138,9 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
     setup.model.block_size = max(setup.model.block_size, setup.train.seq_len)
     setup.train.out_dir, setup.train.seed = out_dir, seed
     b = parse_budget(budget)
-    # Tokenize only what the budget can consume: a generous guess of tokens/s times the budget.
-    # (measured: ~40k tok/s on a 2-core CPU for the CPU setup; GPUs ~1M for the small models)
-    tok_s_guess = 60_000 if pick_device(device).type == "cpu" else 2_000_000
-    max_tokens = int(b.amount * tok_s_guess) if b.kind == "time" else int(b.amount) if b.kind == "tokens" else None
-    val_tokens = 1_000_000 if max_tokens is None else min(1_000_000, max(20_000, max_tokens // 100))
     src = resolve_source(data, log)
-    ddir, ready = _cached_data_dir(Path(cache_root), src, setup.tokenizer, max_tokens)
-    if ready:
-        log(f"using prepared data in {ddir}")
-    else:
-        prepare(src, setup.tokenizer, ddir, max_tokens=max_tokens, val_max_tokens=val_tokens, seed=0, log=log)
+    # Training starts on the first shard; train() stops the producer when it ends or fails.
+    ddir = start_data(src, setup.tokenizer, b, pick_device(device).type, Path(cache_root), log)
     prep_seconds = clock.elapsed()
     log(f"setup: {setup.why}")
     if auto:
@@ -170,3 +162,28 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
         f"training+eval+checkpoint {info.extra['elapsed'] - prep_seconds:.1f}s, "
         f"samples {clock.elapsed() - info.extra['elapsed']:.1f}s)")
     return info, samples
+
+
+def start_data(src: str, tokenizer: str, b, device_type: str, cache_root: Path, log=print) -> Path:
+    """The data folder, ready for the first step: a complete cached stream is reused as it is; otherwise
+    a background producer tokenizes the source (continuing a partial cache) while training runs, and
+    this returns once tokenizer, validation split and the first train shard exist."""
+    from budgetlm.data.stream import Producer, StreamSpec, cache_dir, needs_producer
+    max_tokens = int(b.amount) if b.kind == "tokens" else None
+    if src == "fineweb-edu":  # llm.c's GPT-2 shards from the hub downloader, bounded by a token budget
+        ddir, ready = _cached_data_dir(cache_root, src, tokenizer, max_tokens)
+        if not ready:
+            prepare(src, tokenizer, ddir, max_tokens=max_tokens or 100_000_000, log=log)
+        return ddir
+    # validation stays small on a CPU, where its final eval must fit a few-minute budget
+    spec = StreamSpec(src, tokenizer, max_tokens=max_tokens, val_max_tokens=200_000 if device_type == "cpu" else 1_000_000)
+    ddir = cache_dir(cache_root, spec)
+    if not needs_producer(ddir, spec):
+        log(f"using prepared data in {ddir}")
+        return ddir
+    producer = Producer(spec, ddir).start()
+    log(f"tokenizing {src} ({tokenizer}) in the background with {producer.threads()} thread(s) -> {ddir}")
+    waited = producer.wait_ready()
+    log(f"data: tokenizer, validation split and first train shard ready after {waited:.1f}s; "
+        f"the rest is tokenized while training")
+    return ddir

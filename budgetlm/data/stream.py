@@ -367,6 +367,13 @@ def producer_for(data_dir: str | Path) -> "Producer | None":
     return _ACTIVE.get(str(Path(data_dir).resolve()))
 
 
+def stop_producer(data_dir: str | Path) -> None:
+    """Stop the producer this process runs for `data_dir`, if any."""
+    prod = producer_for(data_dir)
+    if prod is not None:
+        prod.stop()
+
+
 class Producer:
     """The background producer of a stream folder, as a context manager that always stops it."""
 
@@ -397,6 +404,8 @@ class Producer:
                                       str(self.out), str(os.getpid())], env=env, stdin=subprocess.DEVNULL)
         write_json(self.out / PID_FILE, {"pid": os.getpid(), "producer": self.proc.pid})
         _ACTIVE[str(self.out.resolve())] = self
+        import atexit
+        atexit.register(self.stop)  # also when the caller fails before training starts
         return self
 
     def threads(self) -> int:
@@ -417,7 +426,11 @@ class Producer:
         """Block until tokenizer, validation, meta and the first train shard exist; returns seconds waited."""
         t0 = time.perf_counter()
         while not ((self.out / "meta.json").is_file() and (self.out / "train_000000.bin").is_file()):
-            self.check()
+            try:
+                self.check()
+            except BudgetLMError:
+                self.stop()
+                raise
             if self.proc is not None and not self.alive():
                 raise BudgetLMError(f"{self.out}: the data producer ended without writing a train shard")
             if time.perf_counter() - t0 > timeout:
@@ -454,6 +467,18 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def needs_producer(data_dir: str | Path, spec: StreamSpec) -> bool:
+    """Whether the folder still lacks shards this spec wants (missing, partial, or capped below max_tokens)."""
+    state = read_json(Path(data_dir) / STATE_FILE)
+    if not state or state.get("key") != spec.key() or not (Path(data_dir) / "meta.json").is_file():
+        return True
+    if not state.get("complete"):
+        return True
+    if state.get("capped"):
+        return spec.max_tokens is None or state["train_tokens"] < _cap(spec)
+    return False
 
 
 def is_stream_folder(data_dir: str | Path) -> bool:

@@ -78,6 +78,23 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _train_loader(cfg: TrainConfig, data_dir: str | Path, rank: int, world: int):
+    """(train tokens, batch loader): a stream folder (still being filled, or not) gets the streaming loader."""
+    from budgetlm.data.stream import is_stream_folder
+    if not cfg.train_shards and is_stream_folder(data_dir):
+        from budgetlm.data.stream_loader import StreamLoader
+        loader = StreamLoader(data_dir, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
+        return None, loader
+    tokens = load_pattern(cfg.train_shards) if cfg.train_shards else load_split(data_dir, "train")
+    return tokens, BatchLoader(tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
+
+
+def _data_note(meta: dict) -> str:
+    if meta.get("train_tokens") is None:
+        return "streamed (tokenized while training)"
+    return f"{meta['train_tokens']:,} train tokens"
+
+
 def _sample(model: torch.nn.Module, tokenizer: Any, n_tokens: int, seed: int) -> str | None:
     """A sample from end-of-text with its own generator, so training's RNG stream is untouched."""
     from budgetlm.generate import sample_text
@@ -98,9 +115,13 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     stop_after_steps: end early as if interrupted (the schedule still assumes the full budget).
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 alone writes files and logs.
     """
-    with setup_distributed(pick_device(cfg.device), cfg.parallel, cfg.zero_stage) as ctx:
-        return _train(ctx, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s, stop_after_steps,
-                      log if ctx.is_main else (lambda *_: None))
+    from budgetlm.data.stream import stop_producer
+    try:
+        with setup_distributed(pick_device(cfg.device), cfg.parallel, cfg.zero_stage) as ctx:
+            return _train(ctx, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s, stop_after_steps,
+                          log if ctx.is_main else (lambda *_: None))
+    finally:
+        stop_producer(data_dir)  # a background tokenizer feeding this run (speedrun) ends with it
 
 
 def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume: str | None,
@@ -125,9 +146,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
         model_cfg.vocab_size = tokenizer.vocab_size  # the data decides the vocabulary
     if cfg.seq_len > model_cfg.block_size:
         model_cfg.block_size = cfg.seq_len
-    train_tokens = load_pattern(cfg.train_shards) if cfg.train_shards else load_split(data_dir, "train")
+    train_tokens, loader = _train_loader(cfg, data_dir, ctx.rank, ctx.world)
     val_tokens = load_pattern(cfg.val_shards) if cfg.val_shards else load_split(data_dir, "val")
-    loader = BatchLoader(train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world)
     micro_tokens = cfg.batch_size * cfg.seq_len
     step_micro = micro_tokens * ctx.world  # tokens in one micro-step of all ranks (llm.c: B*T*num_processes)
     accum = max(1, (cfg.total_batch_tokens or step_micro) // step_micro)
@@ -137,7 +157,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
 
     if cfg.teacher and loss_hook is None:
         from budgetlm.train.distill import make_teacher_hook
-        loss_hook = make_teacher_hook(cfg.teacher, train_tokens, tokenizer.vocab_size, tokenizer.eot_id,
+        loss_hook = make_teacher_hook(cfg.teacher, load_split(data_dir, "train") if train_tokens is None else train_tokens, tokenizer.vocab_size, tokenizer.eot_id,
                                       cfg.distill_steps, cfg.distill_alpha, cfg.distill_temp, log=log)
     model = build_model(model_cfg).to(device)
     fp8_layers = enable_fp8(model, cfg.fp8, modules=cfg.fp8_modules)  # before wrapping: DDP/FSDP see the FP8 Linears
@@ -250,7 +270,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
         f"vocab {model_cfg.vocab_size}) | device {device.type} {str(dtype).replace('torch.', '')} | threads {threads} "
         f"| compile {('on, CUDA graphs' if graphs else 'on') if compiled else 'off'}{f' | fp8 {cfg.fp8} ({len(fp8_layers)} Linears)' if fp8_layers else ''}{' | fp8 head' if getattr(model, 'fp8_head', False) else ''} | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
         f"{f'x{ctx.world} ranks ({ctx.parallel}' + (', zero1)' if ctx.zero_stage else ')') if ctx.enabled else ''} "
-        f"| budget {budget} | data {meta['train_tokens']:,} train tokens")
+        f"| budget {budget} | data {_data_note(meta)}")
 
     # Reserve for the final eval + checkpoint, re-estimated from the measured speed as we go.
     reserve = reserve_s + 1.0
@@ -259,6 +279,7 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
     hs_seconds = 0.0  # last HellaSwag eval's duration, kept in the reserve for the final one
     tok_rate = 0.0
     train_start = clock.elapsed()
+    data_wait = 0.0  # seconds the loop spent getting batches (waiting for shards included)
     session_tokens, session_start = 0, time.perf_counter()
     interrupted = False
     model.train()
@@ -280,7 +301,9 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                 g["lr"] = lr
             loss_sum = torch.zeros((), device=device)
             for micro in range(accum):
+                t_data = time.perf_counter()
                 x, y = loader.next_batch()
+                data_wait += time.perf_counter() - t_data
                 if device.type == "cuda":  # pinned host memory makes the copy truly asynchronous
                     x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -325,7 +348,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
             if step % cfg.log_every == 0 or step == 1:
                 rec = {"step": step, "tokens": tokens_seen, "loss": loss_val, "lr": lr, "frac": max_frac,
                        "tok_per_s": tok_rate, "elapsed": clock.elapsed(), "epoch": loader.epoch,
-                       "flops_per_s": tok_rate * flops_per_token}
+                       "flops_per_s": tok_rate * flops_per_token, "data_wait_s": data_wait,
+                       "data_wait_frac": data_wait / max(clock.elapsed() - train_start, 1e-9)}
                 if peak:
                     rec["mfu"] = tok_rate * flops_per_token / peak
                     rec["mfu_full_attn"] = tok_rate * flops_full / peak
@@ -391,7 +415,8 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
                   "parallel": ctx.parallel + ("+zero1" if ctx.zero_stage else ""),
                   "flops_per_token": flops_per_token, "mfu": (tok_rate * flops_per_token / peak) if peak else None,
                   "mfu_full_attn": (tok_rate * flops_full / peak) if peak else None,
-                  "model": to_dict(model_cfg), "train": to_dict(cfg),
+                  "model": to_dict(model_cfg), "train": to_dict(cfg), "data_wait_s": data_wait,
+                  "data_wait_frac": data_wait / max(train_seconds, 1e-9),
                   "data": meta}
     if cfg.hellaswag_every:
         info.extra.update({k: v for k, v in ev.items() if k.startswith("hellaswag")})
@@ -402,5 +427,6 @@ def _train(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, data_dir:
         summary.update({k: v for k, v in info.extra.items() if k != "losses"})
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     log(f"trained {step} steps, {tokens_seen:,} tokens in {train_seconds:.1f}s ({tok_rate:,.0f} tok/s); "
+        f"data wait {data_wait:.1f}s ({data_wait / max(train_seconds, 1e-9):.1%}); "
         f"final eval {eval_seconds:.1f}s + checkpoint {ckpt_seconds:.1f}s; total {clock.elapsed():.1f}s of budget {budget}")
     return info
