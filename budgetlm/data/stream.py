@@ -39,6 +39,9 @@ CARRY_FILE = "carry.bin"  # tokens after the last full shard, for continuing a k
 COMPRESSION_RATIO = {"": 1.0, ".xz": 3.2, ".zst": 3.0, ".gz": 2.7}
 
 
+PACING = ("max_tokens", "ahead_shards", "ahead_seconds", "threads", "batch_chars")  # not part of the cache key
+
+
 @dataclass
 class StreamSpec:
     """Everything that decides the shards' content (the cache key) plus the producer's pacing."""
@@ -57,9 +60,10 @@ class StreamSpec:
     ahead_shards: int = 4
     ahead_seconds: float = 60.0
     threads: int | None = None
+    batch_chars: int | None = None  # text per encode_batch call; None: 128 KB per thread, at least 1 MB
 
     def key(self) -> str:
-        content = {k: v for k, v in asdict(self).items() if k not in ("max_tokens", "ahead_shards", "ahead_seconds", "threads")}
+        content = {k: v for k, v in asdict(self).items() if k not in PACING}
         return hashlib.sha256(json.dumps([content, source_identity(self.src)], sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -258,8 +262,9 @@ def _throttle(spec: StreamSpec, out: Path, produced: int, parent: int | None) ->
         time.sleep(0.05)
 
 
-def produce(spec: StreamSpec, out: str | Path, parent: int | None = None, log=print) -> dict:
-    """Fill `out` with the stream's shards (continuing a partial folder); returns the final state."""
+def produce(spec: StreamSpec, out: str | Path, parent: int | None = None, log=print, paced: bool = False) -> dict:
+    """Fill `out` with the stream's shards (continuing a partial folder); returns the final state.
+    paced: keep only a bounded lead over the consumer's reports (the background producer)."""
     from budgetlm.data.sources import open_source
     from budgetlm.data.tokenizers import load_tokenizer
     out = Path(out)
@@ -288,16 +293,18 @@ def produce(spec: StreamSpec, out: str | Path, parent: int | None = None, log=pr
     for _ in range(state["pieces"]):  # replay the order without encoding, up to the last saved shard
         next(plan)
     threads = spec.threads or max(1, (os.cpu_count() or 2) - 1)
-    batch_chars = max(1 << 20, (128 << 10) * threads)
+    batch_chars = spec.batch_chars or max(1 << 20, (128 << 10) * threads)
     shards, pieces_done = state["shards"], state["pieces"]
     batch, chars = [], 0
     done = False
+    flushed = time.perf_counter()
     while not done:
         piece = next(plan, None)
         if piece is not None:
             batch.append(piece)
             chars += len(piece[1])
-            if chars < batch_chars:
+            # a slow source still delivers every quarter second; batches never change the shards' content
+            if chars < batch_chars and time.perf_counter() - flushed < 0.25:
                 continue
         done = piece is None
         enc = encode_pieces(tok, batch)
@@ -308,7 +315,7 @@ def produce(spec: StreamSpec, out: str | Path, parent: int | None = None, log=pr
             shards += 1
         carry = buf[n_full * spec.shard_tokens:]
         pieces_done += len(batch)
-        batch, chars = [], 0
+        batch, chars, flushed = [], 0, time.perf_counter()
         capped = spec.max_tokens is not None and shards * spec.shard_tokens >= _cap(spec)
         if done and (carry.size or shards == 0):
             write_shard(out / f"train_{shards:06d}.bin", carry, tok.vocab_size)
@@ -324,7 +331,7 @@ def produce(spec: StreamSpec, out: str | Path, parent: int | None = None, log=pr
                                                "train_shards": shards})
         if capped:
             break
-        if not done:
+        if paced and not done:
             _throttle(spec, out, shards * spec.shard_tokens, parent)
     return state
 
@@ -345,7 +352,7 @@ def _producer_main(spec: dict, out: str, parent: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # stopped by the trainer: nothing to clean up
     spec = StreamSpec(**spec)
     try:
-        produce(spec, out, parent, log=lambda msg: print(msg, flush=True))
+        produce(spec, out, parent, log=lambda msg: print(msg, flush=True), paced=True)
     except BudgetLMError as e:
         write_error(Path(out), str(e))
         raise SystemExit(1)

@@ -82,6 +82,7 @@ class StreamLoader:
                 break
             if t is None:
                 t = time.perf_counter()
+                self._report(force=True)  # the producer may be waiting for this news to go on
             self._check_producer()
             if time.perf_counter() - t > self.timeout_s:
                 raise BudgetLMError(f"{self.dir}: waited {self.timeout_s:.0f}s for train shard {len(self.shards)}")
@@ -124,12 +125,12 @@ class StreamLoader:
         t = torch.from_numpy(rows)
         return t[:, :-1], t[:, 1:]
 
-    def _report(self) -> None:
+    def _report(self, force: bool = False) -> None:
         """Tell the producer how far training got and how fast, so it stays just far enough ahead."""
         now = time.perf_counter()
         if self._t0 is None:
             self._t0 = (now, self.position)
-        if self.rank != 0 or self.complete or now - self._last_report < REPORT_EVERY_S:
+        if self.rank != 0 or self.complete or (now - self._last_report < REPORT_EVERY_S and not force):
             return
         self._last_report = now
         tokens = self.position * self.seq_len
