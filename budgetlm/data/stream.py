@@ -292,7 +292,7 @@ def produce(spec: StreamSpec, out: str | Path, parent: int | None = None, log=pr
     plan = iter(Plan(spec, docs, val_ids))
     for _ in range(state["pieces"]):  # replay the order without encoding, up to the last saved shard
         next(plan)
-    threads = spec.threads or max(1, (os.cpu_count() or 2) - 1)
+    threads = spec.threads or max(2, (os.cpu_count() or 2) - 1)
     batch_chars = spec.batch_chars or max(1 << 20, (128 << 10) * threads)
     shards, pieces_done = state["shards"], state["pieces"]
     batch, chars = [], 0
@@ -350,6 +350,10 @@ def _producer_main(spec: dict, out: str, parent: int) -> None:
     """The producer process: errors end as one line in ERROR_FILE, which the trainer raises."""
     import signal
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # stopped by the trainer: nothing to clean up
+    try:  # the trainer comes first: on a CPU its busy-waiting threads would otherwise fight this process
+        os.nice(10)
+    except OSError:
+        pass
     spec = StreamSpec(**spec)
     try:
         produce(spec, out, parent, log=lambda msg: print(msg, flush=True), paced=True)
@@ -416,7 +420,7 @@ class Producer:
         return self
 
     def threads(self) -> int:
-        return self.spec.threads or max(1, (os.cpu_count() or 2) - 1)
+        return self.spec.threads or max(2, (os.cpu_count() or 2) - 1)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
