@@ -230,3 +230,19 @@ def test_speedrun_reuses_the_cache(tmp_path, corpus):
     speedrun("4-steps", out_dir=str(tmp_path / "r2"), **kw)
     assert any("using prepared data" in m for m in logs) and not any("in the background" in m for m in logs)
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in ddir.glob("*.bin")}
+
+
+def test_train_continues_an_unfinished_stream(tmp_path, corpus):
+    """A stream folder left partial (its run ended) is finished by a later train() on it, e.g. a --resume."""
+    from budgetlm.config import ModelConfig, TrainConfig
+    from budgetlm.train.trainer import train
+    d = tmp_path / "d"
+    with Producer(_spec(corpus, ahead_shards=1), d) as prod:
+        prod.wait_ready()
+    before = len(list(d.glob("train_*.bin")))
+    assert not stream.stream_complete(d)
+    assert before * 3000 < 30 * 8 * 16  # the steps below need more shards than there are
+    cfg = TrainConfig(budget="30-steps", batch_size=8, seq_len=16, out_dir=str(tmp_path / "run"), progress=False)
+    info = train(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), cfg, d, log=QUIET)
+    assert info.steps == 30 and len(list(d.glob("train_*.bin"))) > before
+    assert stream.producer_for(d) is None and not (d / PID_FILE).exists()

@@ -34,7 +34,9 @@ CONSUMED_FILE = "consumed.json"
 ERROR_FILE = "producer_error.txt"
 PID_FILE = "producer.pid"
 LAYOUT = "stream-v1"
-CARRY_FILE = "carry.bin"  # tokens after the last full shard, for continuing a killed run
+# tokens after the last full shard, for continuing a killed run; named by the shard count that the
+# state file gives, so a kill between writing it and the state never pairs a state with a wrong carry
+CARRY_FILE = "carry_{:06d}.bin"
 # Uncompressed/compressed size of English prose, for estimating a compressed source's tokens.
 COMPRESSION_RATIO = {"": 1.0, ".xz": 3.2, ".zst": 3.0, ".gz": 2.7}
 
@@ -198,7 +200,7 @@ def _fresh_start(spec: StreamSpec, out: Path, source, log) -> tuple[object, set[
     """Tokenizer (from a bounded sample), validation shard and meta.json; returns what the train plan needs."""
     from budgetlm.data.tokenizers import TOKENIZER_FILE, build_tokenizer
     t0 = time.perf_counter()
-    for stale in [*out.glob("train_*.bin"), *out.glob("val_*.bin"), out / CARRY_FILE, out / ERROR_FILE, out / "meta.json"]:
+    for stale in [*out.glob("train_*.bin"), *out.glob("val_*.bin"), *out.glob("carry_*.bin"), out / ERROR_FILE, out / "meta.json"]:
         stale.unlink(missing_ok=True)
     docs = source.train()
     sample = _take_chars(docs, spec.sample_chars)
@@ -288,7 +290,7 @@ def produce(spec: StreamSpec, out: str | Path, parent: int | None = None, log=pr
         if state["complete"]:  # a capped stream grows: readers must not take it as ended meanwhile
             state = {**state, "complete": False, "capped": False}
             write_json(out / STATE_FILE, state)
-    carry = read_shard(out / CARRY_FILE).copy() if state["carry"] else np.zeros(0, dtype=np.uint16)
+    carry = read_shard(out / CARRY_FILE.format(state["shards"])).copy() if state["carry"] else np.zeros(0, dtype=np.uint16)
     plan = iter(Plan(spec, docs, val_ids))
     for _ in range(state["pieces"]):  # replay the order without encoding, up to the last saved shard
         next(plan)
@@ -321,11 +323,14 @@ def produce(spec: StreamSpec, out: str | Path, parent: int | None = None, log=pr
             write_shard(out / f"train_{shards:06d}.bin", carry, tok.vocab_size)
             shards, carry = shards + 1, carry[:0]
         if n_full or done or capped:
-            write_shard(out / CARRY_FILE, carry, tok.vocab_size)
+            old_carry = out / CARRY_FILE.format(state["shards"])
+            write_shard(out / CARRY_FILE.format(shards), carry, tok.vocab_size)
             state = {**state, "shards": shards, "pieces": pieces_done, "carry": int(carry.size),
                      "complete": done or capped, "capped": capped and not done,
                      "train_tokens": shards * spec.shard_tokens if not done else state_tokens(out, shards)}
             write_json(out / STATE_FILE, state)
+            if old_carry.name != CARRY_FILE.format(shards):
+                old_carry.unlink(missing_ok=True)
             if done:
                 write_json(out / "meta.json", {**read_json(out / "meta.json"), "train_tokens": state["train_tokens"],
                                                "train_shards": shards})
@@ -376,6 +381,17 @@ _ACTIVE: dict[str, "Producer"] = {}  # folder -> the producer this process start
 
 def producer_for(data_dir: str | Path) -> "Producer | None":
     return _ACTIVE.get(str(Path(data_dir).resolve()))
+
+
+def continue_stream(data_dir: str | Path) -> "Producer | None":
+    """Start a producer for an unfinished stream folder that none is filling (train() stops it)."""
+    meta = read_json(Path(data_dir) / "meta.json")
+    if stream_complete(data_dir) or producer_for(data_dir) is not None or not meta or "spec" not in meta:
+        return None
+    owner = read_json(Path(data_dir) / PID_FILE)
+    if owner and _pid_alive(owner["pid"]):
+        return None
+    return Producer(StreamSpec(**meta["spec"]), data_dir).start()
 
 
 def stop_producer(data_dir: str | Path) -> None:

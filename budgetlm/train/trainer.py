@@ -82,7 +82,10 @@ def _train_loader(cfg: TrainConfig, data_dir: str | Path, rank: int, world: int)
     """(train tokens, batch loader): a stream folder (still being filled, or not) gets the streaming loader."""
     from budgetlm.data.stream import is_stream_folder
     if not cfg.train_shards and is_stream_folder(data_dir):
+        from budgetlm.data.stream import continue_stream
         from budgetlm.data.stream_loader import StreamLoader
+        if rank == 0:
+            continue_stream(data_dir)  # e.g. --resume of a speedrun whose stream was not finished
         loader = StreamLoader(data_dir, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
         return None, loader
     tokens = load_pattern(cfg.train_shards) if cfg.train_shards else load_split(data_dir, "train")
