@@ -147,7 +147,9 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
         if b.kind != "time":
             raise BudgetLMError("--auto-size needs a time budget (it turns measured tokens/s into tokens seen)")
         setup.model.vocab_size = json.loads((ddir / META_FILE).read_text())["vocab_size"]
-        setup.model = auto_size(setup.model, setup.train, b.amount - clock.elapsed(), probe_seconds, log)
+        from budgetlm.data.stream import paused
+        with paused(ddir):  # the probes measure the model alone, not the model beside the tokenizer
+            setup.model = auto_size(setup.model, setup.train, b.amount - clock.elapsed(), probe_seconds, log)
         log(f"auto-size probes took {clock.elapsed() - prep_seconds:.1f}s of the budget")
     # Sampling happens after training but inside the budget: keep time for it (~5 ms/token, measured).
     reserve = n_samples * sample_tokens * 0.005

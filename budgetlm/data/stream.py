@@ -394,6 +394,24 @@ def continue_stream(data_dir: str | Path) -> "Producer | None":
     return Producer(StreamSpec(**meta["spec"]), data_dir).start()
 
 
+class paused:
+    """Suspend the producer of `data_dir` (if this process runs one) for a timing-sensitive stretch,
+    e.g. throughput probes on a CPU that the producer's threads would share."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.prod = producer_for(data_dir)
+
+    def __enter__(self) -> None:
+        import signal
+        if self.prod is not None and self.prod.alive():
+            os.kill(self.prod.proc.pid, signal.SIGSTOP)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+        if self.prod is not None and self.prod.alive():
+            os.kill(self.prod.proc.pid, signal.SIGCONT)
+
+
 def stop_producer(data_dir: str | Path) -> None:
     """Stop the producer this process runs for `data_dir`, if any."""
     prod = producer_for(data_dir)
