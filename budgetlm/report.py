@@ -63,6 +63,8 @@ def summary_table(info: RunInfo, title: str = "budgetlm run") -> str:
             ("epochs", f"{info.extra.get('epochs', 0):.2f}"), ("tokens/s", f"{info.tokens_per_s:,.0f}"),
             ("train seconds", f"{info.train_seconds:.1f}"), ("val loss", f"{info.val_loss:.4f}"),
             ("val perplexity", f"{info.val_ppl:.3f}"), ("val bits/byte", f"{info.val_bpb:.4f}")]
+    if "data_wait_s" in info.extra:
+        rows.insert(6, ("data wait", f"{info.extra['data_wait_s']:.1f}s ({info.extra.get('data_wait_frac', 0):.1%})"))
     for k, v in rows:
         t.add_row(k, v)
     console = Console(file=io.StringIO(), width=60)

@@ -208,23 +208,17 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
     setup = _sized_setup(budget, device, tokenizer, "static" if auto else sizing, src, unique_tokens, clock, log)
     _apply_overrides(setup, overrides or {})
     setup.train.out_dir, setup.train.seed = out_dir, seed
-    # Tokenize only what the budget can consume: a generous guess of tokens/s times the budget.
-    # (measured: ~40k tok/s on a 2-core CPU for the CPU setup; GPUs ~1M for the small models)
-    tok_s_guess = 60_000 if pick_device(device).type == "cpu" else 2_000_000
-    max_tokens = int(b.amount * tok_s_guess) if b.kind == "time" else int(b.amount) if b.kind == "tokens" else None
-    val_tokens = 1_000_000 if max_tokens is None else min(1_000_000, max(20_000, max_tokens // 100))
-    ddir, ready = _cached_data_dir(Path(cache_root), src, setup.tokenizer, max_tokens)
-    if ready:
-        log(f"using prepared data in {ddir}")
-    else:
-        prepare(src, setup.tokenizer, ddir, max_tokens=max_tokens, val_max_tokens=val_tokens, seed=0, log=log)
+    # Training starts on the first shard; train() stops the producer when it ends or fails.
+    ddir = start_data(src, setup.tokenizer, b, pick_device(device).type, Path(cache_root), log)
     prep_seconds = clock.elapsed()
     log(f"setup: {setup.why}")
     if auto:
         if b.kind != "time":
             raise BudgetLMError("--auto-size needs a time budget (it turns measured tokens/s into tokens seen)")
         setup.model.vocab_size = json.loads((ddir / META_FILE).read_text())["vocab_size"]
-        setup.model = auto_size(setup.model, setup.train, b.amount - clock.elapsed(), probe_seconds, log)
+        from budgetlm.data.stream import paused
+        with paused(ddir):  # the probes measure the model alone, not the model beside the tokenizer
+            setup.model = auto_size(setup.model, setup.train, b.amount - clock.elapsed(), probe_seconds, log)
         log(f"auto-size probes took {clock.elapsed() - prep_seconds:.1f}s of the budget")
     # Sampling happens after training but inside the budget: keep time for it (~5 ms/token, measured).
     reserve = n_samples * sample_tokens * 0.005
@@ -232,6 +226,8 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
     if setup.sizing is not None:  # in summary.json before sampling, so an interrupted run keeps it too
         _add_to_summary(out_dir, "sizing", setup.sizing)
         info.extra["sizing"] = setup.sizing
+    _add_to_summary(out_dir, "data_dir", str(ddir))  # the tokens it trained on, e.g. for an anchor run
+    info.extra["data_dir"] = str(ddir)
     prompts = PROMPTS[:n_samples]
     if info.extra["data"].get("lowercase"):  # e.g. the lower-cased shared TinyStories copy
         prompts = tuple(p.lower() for p in prompts)
@@ -244,3 +240,31 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
         f"training+eval+checkpoint {info.extra['elapsed'] - prep_seconds:.1f}s, "
         f"samples {clock.elapsed() - info.extra['elapsed']:.1f}s)")
     return info, samples
+
+
+def start_data(src: str, tokenizer: str, b, device_type: str, cache_root: Path, log=print) -> Path:
+    """The data folder, ready for the first step: a complete cached stream is reused as it is; otherwise
+    a background producer tokenizes the source (continuing a partial cache) while training runs, and
+    this returns once tokenizer, validation split and the first train shard exist."""
+    from budgetlm.data.stream import Producer, StreamSpec, cache_dir, needs_producer
+    max_tokens = int(b.amount) if b.kind == "tokens" else None
+    if src == "fineweb-edu":  # llm.c's GPT-2 shards from the hub downloader, bounded by a token budget
+        ddir, ready = _cached_data_dir(cache_root, src, tokenizer, max_tokens)
+        if not ready:
+            prepare(src, tokenizer, ddir, max_tokens=max_tokens or 100_000_000, log=log)
+        return ddir
+    # A CPU trains ~50k tokens/s: smaller shards, BPE sample and validation put its first step seconds away
+    # (measured on a loaded 2-core CPU: 12 MB of BPE sample took 14 s, 4 MB 2.4 s); the final eval of a
+    # run too slow to measure its eval speed scores all validation tokens, so they stay ~1 s of work.
+    small = dict(sample_chars=4_000_000, shard_tokens=1 << 18, mix_chars=2_000_000, val_max_tokens=100_000)
+    spec = StreamSpec(src, tokenizer, max_tokens=max_tokens, **(small if device_type == "cpu" else {}))
+    ddir = cache_dir(cache_root, spec)
+    if not needs_producer(ddir, spec):
+        log(f"using prepared data in {ddir}")
+        return ddir
+    producer = Producer(spec, ddir).start()
+    log(f"tokenizing {src} ({tokenizer}) in the background with {producer.threads()} thread(s) -> {ddir}")
+    waited = producer.wait_ready()
+    log(f"data: tokenizer, validation split and first train shard ready after {waited:.1f}s; "
+        f"the rest is tokenized while training")
+    return ddir

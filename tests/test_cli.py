@@ -98,7 +98,8 @@ def test_speedrun_on_shared_tinystories(stories_path, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["model"]["mlp"], summary["model"]["pos"]) == ("gelu", "rope")  # flags reach the model
-    assert summary["data"]["val_split"].startswith("last 10%")
+    assert summary["data"]["val_split"].startswith("whole documents held out: every 10th document")
+    assert summary["data"]["val_docs"] > 400 and summary["data"]["val_doc_indices"][:2] == [9, 19]
     assert np.isfinite(summary["val_bpb"]) and summary["val_bpb"] < 3.0
     samples = json.loads((tmp_path / "run" / "samples.json").read_text())
     assert samples[0]["prompt"] == "once upon a time"  # the shared copy is lower-cased, so are the prompts

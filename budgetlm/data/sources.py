@@ -2,8 +2,8 @@
 so a 5-minute run reads only the part of a 2 GB corpus it can use.
 
 SRC forms: `tinystories` (hub download, cached), `synth` (built-in generator), a `.txt`,
-`.jsonl` or `.parquet` file, a directory of those, or `hf:OWNER/NAME[:split]` for any hub
-dataset with a text column.
+`.jsonl` or `.parquet` file (text and jsonl also compressed: `.xz`, `.gz`, `.zst`, read as
+streams), a directory of those, or `hf:OWNER/NAME[:split]` for any hub dataset with a text column.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ EOT = "<|endoftext|>"
 TINYSTORIES_REPO = "roneneldan/TinyStories"
 TINYSTORIES_FILES = {"train": "TinyStoriesV2-GPT4-train.txt", "val": "TinyStoriesV2-GPT4-valid.txt"}
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+COMPRESSED_SUFFIXES = (".xz", ".gz", ".zst")
 _LONE_NEWLINE = re.compile(r"(?<!\n)\n(?!\n)")
 _CHUNK = 1 << 20
 
@@ -40,10 +41,68 @@ def split_text(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def data_suffix(path: Path) -> tuple[str, str]:
+    """(format, compression) from the name: a.txt.xz -> (".txt", ".xz"), a.jsonl -> (".jsonl", "")."""
+    suffixes = path.suffixes[-2:]
+    if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
+        return (suffixes[0] if len(suffixes) == 2 else ""), suffixes[-1]
+    return path.suffix, ""
+
+
+def is_data_file(path: Path) -> bool:
+    fmt, comp = data_suffix(path)
+    return fmt in TEXT_SUFFIXES and not (comp and fmt == ".parquet")
+
+
+def open_text(path: Path):
+    """A UTF-8 text stream over a plain or compressed file; decompression happens as it is read."""
+    comp = data_suffix(path)[1]
+    if not comp:
+        _check_readable(path)
+        return open(path, encoding="utf-8", errors="strict")
+    if not path.exists():
+        raise BudgetLMError(f"{path}: file not found")
+    if comp == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise BudgetLMError(f"{path}: reading .zst files needs the 'zstandard' package (pip install zstandard)") from None
+        import io
+        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+        return io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
+    import gzip
+    import lzma
+    return (lzma.open if comp == ".xz" else gzip.open)(path, "rt", encoding="utf-8", errors="strict")
+
+
 def iter_txt(path: Path) -> Iterator[str]:
-    _check_readable(path)
-    with open(path, encoding="utf-8", errors="strict") as f:
+    with _opened(path) as f:
         yield from iter_stream(f, str(path))
+
+
+class _opened:
+    """open_text as a context manager whose decompression errors become one clear line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self):
+        self.f = open_text(self.path)
+        return self.f
+
+    def __exit__(self, kind, err, tb):
+        self.f.close()
+        if kind is not None and _is_decompress_error(err):
+            raise BudgetLMError(f"{self.path}: not a valid {data_suffix(self.path)[1]} file ({err})") from None
+        return False
+
+
+def _is_decompress_error(err: BaseException) -> bool:
+    import gzip
+    import lzma
+    if isinstance(err, (lzma.LZMAError, gzip.BadGzipFile, EOFError)):
+        return True
+    return type(err).__module__.startswith("zstandard")
 
 
 def iter_stream(f, name: str) -> Iterator[str]:
@@ -91,8 +150,7 @@ def _check_readable(path: Path) -> None:
 
 
 def iter_jsonl(path: Path, field: str = "text") -> Iterator[str]:
-    _check_readable(path)
-    with open(path, encoding="utf-8") as f:
+    with _opened(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -121,20 +179,29 @@ def iter_parquet(path: Path, column: str = "text") -> Iterator[str]:
 
 def iter_path(path: Path) -> Iterator[str]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
+        files = data_files(path)
         if not files:
-            raise BudgetLMError(f"{path}: directory has no .txt, .jsonl or .parquet files")
+            raise BudgetLMError(f"{path}: directory has no .txt, .jsonl or .parquet files (plain or .xz/.gz/.zst)")
         for f in files:
             yield from iter_path(f)
         return
-    if path.suffix == ".jsonl":
+    fmt = data_suffix(path)[0]
+    if not is_data_file(path):
+        raise BudgetLMError(f"--data {path}: unsupported file type '{''.join(path.suffixes[-2:])}' "
+                            f"(use .txt, .jsonl or .parquet; text and jsonl may end in .xz, .gz or .zst)")
+    if fmt == ".jsonl":
         yield from iter_jsonl(path)
-    elif path.suffix == ".parquet":
+    elif fmt == ".parquet":
         yield from iter_parquet(path)
-    elif path.suffix == ".txt":
-        yield from iter_txt(path)
     else:
-        raise BudgetLMError(f"--data {path}: unsupported file type '{path.suffix}' (use .txt, .jsonl or .parquet)")
+        yield from iter_txt(path)
+
+
+def data_files(path: Path) -> list[Path]:
+    """The data files a SRC path stands for, in reading order."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and is_data_file(p))
+    return [path]
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -219,6 +286,7 @@ def open_source(src: str, seed: int = 0, cache_dir: str | None = None, stream: b
     path = Path(src).expanduser()
     if not path.exists():
         raise BudgetLMError(f"--data {src}: no such file or directory, and not one of tinystories, synth, hf:OWNER/NAME")
-    if path.is_file() and path.suffix not in TEXT_SUFFIXES:
-        raise BudgetLMError(f"--data {src}: unsupported file type '{path.suffix}' (use .txt, .jsonl or .parquet)")
+    if path.is_file() and not is_data_file(path):
+        raise BudgetLMError(f"--data {src}: unsupported file type '{''.join(path.suffixes[-2:]) or path.name}' "
+                            f"(use .txt, .jsonl or .parquet; text and jsonl may end in .xz, .gz or .zst)")
     return Source(str(path), lambda: iter_path(path))

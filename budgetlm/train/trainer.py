@@ -110,6 +110,26 @@ def _drop_metrics_after(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def _train_loader(cfg: TrainConfig, data_dir: str | Path, rank: int, world: int):
+    """(train tokens, batch loader): a stream folder (still being filled, or not) gets the streaming loader."""
+    from budgetlm.data.stream import is_stream_folder
+    if not cfg.train_shards and is_stream_folder(data_dir):
+        from budgetlm.data.stream import continue_stream
+        from budgetlm.data.stream_loader import StreamLoader
+        if rank == 0:
+            continue_stream(data_dir)  # e.g. --resume of a speedrun whose stream was not finished
+        loader = StreamLoader(data_dir, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
+        return None, loader
+    tokens = load_pattern(cfg.train_shards) if cfg.train_shards else load_split(data_dir, "train")
+    return tokens, BatchLoader(tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
+
+
+def _data_note(meta: dict) -> str:
+    if meta.get("train_tokens") is None:
+        return "streamed (tokenized while training)"
+    return f"{meta['train_tokens']:,} train tokens"
+
+
 def _sample(model: torch.nn.Module, tokenizer: Any, n_tokens: int, seed: int) -> str | None:
     """A sample from end-of-text with its own generator, so training's RNG stream is untouched."""
     from budgetlm.generate import sample_text
@@ -132,11 +152,15 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     The run holds OUT/.lock throughout; SIGINT/SIGTERM stop it at a step boundary with a
     checkpoint, then raise RunStopped (see budgetlm.train.interrupt).
     """
-    with setup_distributed(pick_device(cfg.device), cfg.parallel, cfg.zero_stage) as ctx:
-        log = log if ctx.is_main else (lambda *_: None)
-        with hold_run_lock(cfg.out_dir, ctx, log), StopSignals() as stop:
-            return _train(ctx, stop, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s,
-                          stop_after_steps, log)
+    from budgetlm.data.stream import stop_producer
+    try:
+        with setup_distributed(pick_device(cfg.device), cfg.parallel, cfg.zero_stage) as ctx:
+            log = log if ctx.is_main else (lambda *_: None)
+            with hold_run_lock(cfg.out_dir, ctx, log), StopSignals() as stop:
+                return _train(ctx, stop, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s,
+                              stop_after_steps, log)
+    finally:
+        stop_producer(data_dir)  # a background tokenizer feeding this run (speedrun) ends with it
 
 
 def compile_seconds(step_times: list[float], compiled: bool) -> float | None:
@@ -173,9 +197,8 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
         model_cfg.vocab_size = tokenizer.vocab_size  # the data decides the vocabulary
     if cfg.seq_len > model_cfg.block_size:
         model_cfg.block_size = cfg.seq_len
-    train_tokens = load_pattern(cfg.train_shards) if cfg.train_shards else load_split(data_dir, "train")
+    train_tokens, loader = _train_loader(cfg, data_dir, ctx.rank, ctx.world)
     val_tokens = load_pattern(cfg.val_shards) if cfg.val_shards else load_split(data_dir, "val")
-    loader = BatchLoader(train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world)
     _check_val_split(val_tokens.size, cfg, data_dir)  # before training, not at its final eval
     micro_tokens = cfg.batch_size * cfg.seq_len
     step_micro = micro_tokens * ctx.world  # tokens in one micro-step of all ranks (llm.c: B*T*num_processes)
@@ -186,7 +209,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
 
     if cfg.teacher and loss_hook is None:
         from budgetlm.train.distill import make_teacher_hook
-        loss_hook = make_teacher_hook(cfg.teacher, train_tokens, tokenizer.vocab_size, tokenizer.eot_id,
+        loss_hook = make_teacher_hook(cfg.teacher, load_split(data_dir, "train") if train_tokens is None else train_tokens, tokenizer.vocab_size, tokenizer.eot_id,
                                       cfg.distill_steps, cfg.distill_alpha, cfg.distill_temp, log=log)
     model = build_model(model_cfg).to(device)
     fp8_layers = enable_fp8(model, cfg.fp8, modules=cfg.fp8_modules)  # before wrapping: DDP/FSDP see the FP8 Linears
@@ -301,7 +324,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
         f"vocab {model_cfg.vocab_size}) | device {device.type} {str(dtype).replace('torch.', '')} | threads {threads} "
         f"| compile {('on, CUDA graphs' if graphs else 'on') if compiled else 'off'}{f' | fp8 {cfg.fp8} ({len(fp8_layers)} Linears)' if fp8_layers else ''}{' | fp8 head' if getattr(model, 'fp8_head', False) else ''} | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
         f"{f'x{ctx.world} ranks ({ctx.parallel}' + (', zero1)' if ctx.zero_stage else ')') if ctx.enabled else ''} "
-        f"| budget {budget} | data {meta['train_tokens']:,} train tokens")
+        f"| budget {budget} | data {_data_note(meta)}")
 
     # Reserve for the final eval + checkpoint, re-estimated from the measured speed as we go.
     reserve = reserve_s + 1.0
@@ -310,6 +333,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
     hs_seconds = 0.0  # last HellaSwag eval's duration, kept in the reserve for the final one
     tok_rate = 0.0
     train_start = clock.elapsed()
+    data_wait = 0.0  # seconds the loop spent getting batches (waiting for shards included)
     session_before = clock.before  # seconds of earlier sessions: first_step_s counts from this session's start
     step_times: list[float] = []  # wall seconds of the first TIMED_STEPS steps (synchronized), for compile_s
     first_step_s = None
@@ -368,7 +392,9 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                 g["lr"] = lr
             loss_sum = torch.zeros((), device=device)
             for micro in range(accum):
+                t_data = time.perf_counter()
                 x, y = loader.next_batch()
+                data_wait += time.perf_counter() - t_data
                 if device.type == "cuda":  # pinned host memory makes the copy truly asynchronous
                     x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -413,7 +439,8 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
             if step % cfg.log_every == 0 or step == 1:
                 rec = {"step": step, "tokens": tokens_seen, "loss": loss_val, "lr": lr, "frac": max_frac,
                        "tok_per_s": tok_rate, "elapsed": clock.elapsed(), "epoch": loader.epoch,
-                       "flops_per_s": tok_rate * flops_per_token}
+                       "flops_per_s": tok_rate * flops_per_token, "data_wait_s": data_wait,
+                       "data_wait_frac": data_wait / max(clock.elapsed() - train_start, 1e-9)}
                 if peak:
                     rec["mfu"] = tok_rate * flops_per_token / peak
                     rec["mfu_full_attn"] = tok_rate * flops_full / peak
@@ -484,6 +511,8 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                   "mfu_full_attn": (tok_rate * flops_full / peak) if peak else None,
                   "model": to_dict(model_cfg), "train": to_dict(cfg),
                   "compile_s": compile_seconds(step_times, compiled), "first_step_s": first_step_s,
+                  "data_wait_s": data_wait,
+                  "data_wait_frac": data_wait / max(train_seconds, 1e-9),
                   "data": meta}
     if cfg.hellaswag_every:
         info.extra.update({k: v for k, v in ev.items() if k.startswith("hellaswag")})
@@ -497,5 +526,6 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
     log((f"compile {compile_s:.1f} s; " if compile_s is not None else "compile off; ")
         + (f"first step at {first_step_s:.1f} s" if first_step_s is not None else "no step in this session"))
     log(f"trained {step} steps, {tokens_seen:,} tokens in {train_seconds:.1f}s ({tok_rate:,.0f} tok/s); "
+        f"data wait {data_wait:.1f}s ({data_wait / max(train_seconds, 1e-9):.1%}); "
         f"final eval {eval_seconds:.1f}s + checkpoint {ckpt_seconds:.1f}s; total {clock.elapsed():.1f}s of budget {budget}")
     return info
