@@ -255,21 +255,40 @@ def print_rows(rows: list[dict], header: bool = True) -> None:
               f"{full:>9}{r['tflops']:>9.1f}{mem:>8}", flush=True)
 
 
+def from_run(args: argparse.Namespace) -> dict:
+    """--from-run RUN: the model, sequence length, micro-batch, accumulation and CUDA-graph choice the
+    run trained with (its summary.json), so bench times the same step the trainer ran."""
+    path = Path(args.from_run) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+        model, train = dict(summary["model"]), summary["train"]
+        args.seq, args.micro_batch, args.accum = train["seq_len"], [train["batch_size"]], summary.get("accum", 1)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BudgetLMError(f"--from-run {args.from_run}: no readable summary.json of a finished run ({e})") from None
+    if summary.get("cuda_graphs") and args.compile_mode == "default":
+        args.compile_mode = "reduce-overhead"  # the trainer's CUDA graphs
+    args.model = None  # every shape field comes from the run's config
+    model.pop("block_size", None)  # bench sets it from --seq
+    return model
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
+    model_fields = from_run(args) if args.from_run else {}
     if args.seq < 1 or min(args.micro_batch) < 1 or args.steps < 1 or args.accum < 1:
         raise BudgetLMError("--seq, --micro-batch, --accum and --steps must be positive")
     inductor = set_inductor_options(args.inductor)  # before any compile; checked before a GPU is touched
     with setup(pick_device(args.device or "auto"), args.parallel, args.zero_stage) as ctx:
-        _bench_settings(args, ctx, inductor)
+        _bench_settings(args, ctx, inductor, model_fields)
 
 
-def _bench_settings(args: argparse.Namespace, ctx: DistContext, inductor: dict | None = None) -> None:
-    base = dict(model_name=args.model, seq=args.seq, steps=args.steps, warmup=args.warmup,
+def _bench_settings(args: argparse.Namespace, ctx: DistContext, inductor: dict | None = None,
+                    model_fields: dict | None = None) -> None:
+    base = dict(**(model_fields or {}), **dict(model_name=args.model, seq=args.seq, steps=args.steps, warmup=args.warmup,
                 compile=args.compile == "on", fused_loss=args.fused_loss == "on", attn=args.attn,
                 fused_adam=args.fused_adam == "on", dtype=args.dtype, recompute=args.recompute, fp8=args.fp8,
                 native_gqa=args.gqa == "native", half_residual=args.half_residual == "on",
                 ce_kernel=args.ce_kernel, fp8_head=args.fp8_head, fp8_modules=args.fp8_modules, device=args.device or "auto", accum=args.accum, compile_mode=args.compile_mode,
-                ctx=ctx)
+                ctx=ctx))
     say = print if ctx.is_main else (lambda *a, **k: None)
     if args.vocab_multiple is not None:
         base["vocab_multiple"] = args.vocab_multiple
@@ -310,6 +329,9 @@ def _bench_settings(args: argparse.Namespace, ctx: DistContext, inductor: dict |
                 if base["compile"]:
                     torch._dynamo.reset()  # each setting compiles afresh; don't let caches pile up
             r["setting"] = name if len(args.micro_batch) == 1 else f"{name} mb{mb}"
+            if args.from_run:
+                r.update(model=f"{model_fields['n_layer']}x{model_fields['n_embd']} v{model_fields['vocab_size']}",
+                         from_run=str(args.from_run))
             if inductor:
                 r["inductor"] = inductor
             if ctx.is_main:
@@ -358,6 +380,8 @@ def register(sub) -> None:
     p.add_argument("--ablation", action="store_true", help="run the fast path and each piece switched off")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--from-run", metavar="RUN", help="time the step a finished run trained: its model, "
+                   "seq len, micro-batch, accumulation and CUDA graphs (from RUN/summary.json)")
     p.add_argument("--max-micro-batch", action="store_true",
                    help="search the largest micro-batch that fits (doubling from --micro-batch, then bisect)")
     p.set_defaults(fn=cmd_bench)
