@@ -124,7 +124,7 @@ def _count(text: str | None, flag: str) -> int | None:
     t = str(text).strip().lower()
     try:
         return int(float(t[:-1]) * scale[t[-1]]) if t[-1] in scale else int(t)
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, OverflowError):
         raise BudgetLMError(f"{flag}: expected a count like 1000, 50k or 20M, got {text!r}") from None
 
 
@@ -354,10 +354,10 @@ def check_paths(args: argparse.Namespace) -> None:
             continue
         label = "--" + attr.replace("_", "-")
         if kind == "dir":
-            checks.out_dir(path, label, empty=args.verb == "export" and not getattr(args, "force", False))
+            checks.out_dir(path, label)
         else:
             checks.out_file(path, label)
-    if args.verb == "bench" and not args.no_record:
+    if args.verb == "bench" and not getattr(args, "no_record", True):
         checks.out_file(args.results, "--results")
     if args.verb in DATA_DIR_VERBS and getattr(args, "data", None):
         checks.data_dir(args.data)

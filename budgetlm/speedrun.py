@@ -4,6 +4,7 @@ command whose budget covers all of it (data preparation included).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -135,6 +136,8 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
         if target is None:
             raise BudgetLMError(f"speedrun: unknown override {k!r}")
         setattr(target, k, v)
+    # Rebuilt, so the overrides pass the same checks as any config (e.g. n_embd divisible by n_head).
+    setup.model, setup.train = dataclasses.replace(setup.model), dataclasses.replace(setup.train)
     setup.model.block_size = max(setup.model.block_size, setup.train.seq_len)
     setup.train.out_dir, setup.train.seed = out_dir, seed
     b = parse_budget(budget)

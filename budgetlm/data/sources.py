@@ -49,10 +49,7 @@ def iter_txt(path: Path) -> Iterator[str]:
 def iter_stream(f, name: str) -> Iterator[str]:
     """Documents from an open text stream, read in 1 MB chunks; a document is yielded only
     once it is complete."""
-    try:
-        head = f.read(_CHUNK)
-    except UnicodeDecodeError as e:
-        raise BudgetLMError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    head = _read(f, name)
     if not head.strip():
         raise BudgetLMError(f"{name}: file is empty")
     if "\x00" in head:
@@ -60,7 +57,7 @@ def iter_stream(f, name: str) -> Iterator[str]:
     use_eot = EOT in head
     pending = head
     while True:
-        chunk = f.read(_CHUNK)
+        chunk = _read(f, name)
         if not chunk:
             break
         pending += chunk
@@ -72,6 +69,14 @@ def iter_stream(f, name: str) -> Iterator[str]:
                 yield part.strip()
         pending = parts[-1] + pending[len(body):]
     yield from split_text(pending)
+
+
+def _read(f, name: str) -> str:
+    """The next chunk; a bad byte anywhere in the file (not only the first chunk) names the file."""
+    try:
+        return f.read(_CHUNK)
+    except UnicodeDecodeError as e:
+        raise BudgetLMError(f"{name}: not UTF-8 text ({e.reason}, byte {e.start} of a 1 MB chunk)") from None
 
 
 def _check_readable(path: Path) -> None:
@@ -92,14 +97,21 @@ def _check_readable(path: Path) -> None:
 
 def iter_jsonl(path: Path, field: str = "text") -> Iterator[str]:
     _check_readable(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line, so a bad byte names its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BudgetLMError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
             if not line.strip():
                 continue
             try:
                 text = json.loads(line)[field]
             except (ValueError, KeyError, TypeError):
                 raise BudgetLMError(f"{path}:{lineno}: expected a JSON object with a '{field}' field") from None
+            if text is not None and not isinstance(text, str):
+                raise BudgetLMError(f"{path}:{lineno}: the '{field}' field must be a string, got "
+                                    f"{type(text).__name__}")
             if text and text.strip():
                 yield text.strip()
 
@@ -115,6 +127,8 @@ def iter_parquet(path: Path, column: str = "text") -> Iterator[str]:
         raise BudgetLMError(f"{path}: parquet has no '{column}' column (columns: {', '.join(pf.schema_arrow.names)})")
     for batch in pf.iter_batches(columns=[column], batch_size=1024):
         for text in batch.column(0).to_pylist():
+            if text is not None and not isinstance(text, str):
+                raise BudgetLMError(f"{path}: column '{column}' must hold strings, got {type(text).__name__}")
             if text and text.strip():
                 yield text.strip()
 
