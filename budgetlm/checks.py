@@ -6,10 +6,21 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 from budgetlm.errors import BudgetLMError
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be created in `folder`: tried, not guessed from permission bits (root passes
+    os.access everywhere, yet /proc or a read-only mount still refuse)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _writable_parent(path: Path, label: str) -> None:
@@ -19,7 +30,7 @@ def _writable_parent(path: Path, label: str) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise BudgetLMError(f"{label} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not _can_write_in(parent):
         raise BudgetLMError(f"{label} {path}: {parent} is not writable")
 
 
@@ -31,7 +42,7 @@ def out_dir(path: str | Path, label: str, empty: bool = False) -> Path:
     if p.exists():
         if not p.is_dir():
             raise BudgetLMError(f"{label} {path}: exists and is a file, expected a folder")
-        if not os.access(p, os.W_OK | os.X_OK):
+        if not _can_write_in(p):
             raise BudgetLMError(f"{label} {path}: folder is not writable")
         if empty and any(p.iterdir()):
             raise BudgetLMError(f"{label} {path}: folder is not empty (add --force to overwrite its files)")
@@ -47,8 +58,11 @@ def out_file(path: str | Path, label: str) -> Path:
         raise BudgetLMError(f"{label} {path!r}: expected a file name")
     if p.is_dir():
         raise BudgetLMError(f"{label} {path}: is a folder, expected a file")
-    if p.exists() and not os.access(p, os.W_OK):
-        raise BudgetLMError(f"{label} {path}: file is not writable")
+    if p.exists():
+        try:  # append mode changes nothing, but fails where writing would
+            open(p, "ab").close()
+        except OSError as e:
+            raise BudgetLMError(f"{label} {path}: file is not writable ({e.strerror})") from None
     _writable_parent(p, label)
     return p
 

@@ -151,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                               or (f"{args.max_steps}-steps" if args.max_steps else "5m"))
     train_values["out_dir"] = args.out
     train_values["progress"] = not args.no_progress
-    tcfg = from_dict(TrainConfig, train_values, args.config or "flags")
+    tcfg = from_dict(TrainConfig, train_values, "flags")  # the file's own keys were checked above, naming it
     resume = None
     if args.resume is not None:
         resume = args.resume or args.out

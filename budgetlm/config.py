@@ -283,6 +283,10 @@ def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise BudgetLMError(f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
+    if source != "flags":  # values from a file: errors name the key and the file, not a flag
+        by_name = {f.name: f for f in fields(cls)}
+        for key, value in values.items():
+            check_value(by_name[key], value, f"{key} in {source}")
     return cls(**values)
 
 
