@@ -245,8 +245,21 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_speedrun(args: argparse.Namespace) -> None:
     from budgetlm.speedrun import speedrun
     overrides = {**_picked(args, SPEEDRUN_MODEL_FLAGS + SPEEDRUN_TRAIN_FLAGS), "progress": not args.no_progress}
+    _check_speedrun_overrides(overrides)
     speedrun(args.budget, args.data, args.tokenizer, args.out, args.device or "auto", seed=args.seed,
              overrides=overrides, auto=args.auto_size, probe_seconds=args.probe_seconds)
+
+
+def _check_speedrun_overrides(overrides: dict) -> None:
+    """The speedrun's flags checked before it sizes, prepares or calibrates anything: each value by its
+    field's rules, and the head shape when both sides of it are given (the rest follows the sizing)."""
+    from budgetlm.config import ModelConfig, TrainConfig, check_value
+    for cls in (ModelConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            if f.name in overrides:
+                check_value(f, overrides[f.name])
+    if "n_head" in overrides and "n_embd" in overrides:
+        ModelConfig(**{k: overrides[k] for k in ("n_head", "n_embd", "pos") if k in overrides})
 
 
 def build_parser() -> argparse.ArgumentParser:
