@@ -226,24 +226,24 @@ def check_value(f: dataclasses.Field, value: Any, label: str | None = None) -> A
             raise BudgetLMError(f"{label}: expected a number, got {value!r}")
         value = float(value)
         if not math.isfinite(value):
-            raise BudgetLMError(f"{label}: must be a finite number, got {value}")
+            raise BudgetLMError(f"{label} must be a finite number, got {value}")
     elif kind == "str" and not isinstance(value, str):
         raise BudgetLMError(f"{label}: expected a string, got {value!r}")
     if "choices" in rules and value not in rules["choices"]:
         allowed = ", ".join(str(c) for c in rules["choices"])
-        raise BudgetLMError(f"{label}: must be one of {allowed}, got {value!r}")
+        raise BudgetLMError(f"{label} must be one of {allowed}, got {value!r}")
     if rules.get("positive") and not value > 0:
-        raise BudgetLMError(f"{label}: must be positive, got {value}")
+        raise BudgetLMError(f"{label} must be positive, got {value}")
     if "min" in rules and value < rules["min"]:
-        raise BudgetLMError(f"{label}: must be at least {rules['min']}, got {value}")
+        raise BudgetLMError(f"{label} must be at least {rules['min']}, got {value}")
     if "max" in rules and value > rules["max"]:
-        raise BudgetLMError(f"{label}: must be at most {rules['max']}, got {value}")
+        raise BudgetLMError(f"{label} must be at most {rules['max']}, got {value}")
     if rules.get("budget"):
         from budgetlm.train.budget import parse_budget
         try:
             parse_budget(value)
         except BudgetLMError as e:
-            raise BudgetLMError(f"{label}: {str(e).removeprefix('--budget ')}") from None
+            raise BudgetLMError(f"{label} {str(e).removeprefix('--budget ')}") from None
     return value
 
 
