@@ -20,7 +20,7 @@ TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac
                "hellaswag_items", "train_shards", "val_shards", "parallel", "zero_stage")
 DISTILL_FLAGS = ("teacher", "distill_steps", "distill_alpha", "distill_temp")
 LLMC_FLAGS = ("parallel", "zero_stage", "train_shards", "val_shards", "max_steps", "sample_every", "sample_tokens",
-              "hellaswag_every", "hellaswag_items")  # defined in _add_llmc_flags with llm.c's short aliases
+              "hellaswag_every", "hellaswag_items", "hellaswag_file")  # defined in _add_llmc_flags (llm.c aliases)
 
 
 def _field_flag(g: argparse._ActionsContainer, cls: type, name: str, *aliases: str, **extra) -> None:

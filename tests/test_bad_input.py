@@ -51,6 +51,8 @@ def world(tmp_path_factory, synth_data):
         f'[sweep]\nbudget = "2-steps"\ndata = "{synth_data}"\nseeds = [1, 2]\nout = "{root / "sweep_out"}"\n'
         '[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\n[train]\nseq_len = 16\nbatch_size = 2\n'
         'teacher = "ngram:9"\n[grid]\nlr = [0.001]\n')
+    (root / "sweep_type.toml").write_text(
+        f'[sweep]\nbudget = "2-steps"\ndata = "{synth_data}"\nseeds = [1]\n[grid]\nlr = ["fast"]\n')
     return {"data": str(synth_data), "char_data": str(char_data), "run": str(run), "root": root}
 
 
@@ -81,33 +83,41 @@ CASES = [
     ("train --data {data} --config {root}/wrong_type.toml --out {root}/t", "model.n_layer in"),
     ("train --data {data} --config {root}/bad_table.toml --out {root}/t", "unknown table [trian]"),
     ("train --data {data} --config {root}/bad_train_value.toml --out {root}/t", "train.lr in"),
+    ("train --data {data} --warmup-frac 2 --out {root}/t", "--warmup-frac"),
     # eval
     ("eval {run} --data {data} --batch-size -1", "--batch-size"),
+    ("eval {run} --data {data} --judge-cache {root}/adir --judge --stories 1", "--judge-cache"),
     ("eval {run} --data {data} --out {root}/adir", "is a folder, expected a file"),
     ("eval {run} --data {root}/afile", "is a file"),
     ("eval {run} --data {data} --fuse ngram:0.2@{root}/char.npz --max-tokens 64", "does not match the n-gram"),
     # sample
     ("sample {run} --top-k -3", "--top-k"),
     ("sample {run} --temperature nan", "--temperature"),
+    ("sample {run} --top-p 1.5", "--top-p"),
     ("sample {run} --fuse ngram:0.2 --data {char_data} --max-tokens 4", "not the model's tokenizer"),
     # speedrun
     ("speedrun --data synth --n-head 3 --n-embd 64 --out {root}/s --budget 10s", "divisible"),
     ("speedrun --data synth --budget 1..2m --out {root}/s", "--budget"),
     ("speedrun --data synth --lr nan --out {root}/s", "--lr"),
+    ("speedrun --data synth --n-head 0 --out {root}/s", "--n-head"),
     ("speedrun --data synth --out {root}/afile", "exists and is a file"),
     # plan
     ("plan --tflops nan", "--tflops"),
+    ("plan --mfu nan", "--mfu"),
     ("plan --gpu custom --tflops 100 --mem-gb -1", "--mem-gb"),
     ("plan --out {root}/adir", "is a folder"),
     # export
     ("export {run} --out {root}/full", "not empty"),
+    ("export {run} --out {run}", "not empty"),
     ("export {run} --out {root}/afile", "exists and is a file"),
     # bench
     ("bench --steps 0 --no-record", "--steps"),
+    ("bench --warmup -1 --no-record", "--warmup"),
     ("bench --model nano --results {root}/adir", "is a folder"),
     # ngram
     ("ngram build --data {data} --order 5..2", "--order"),
     ("ngram build --data {data} --order 0", "--order"),
+    ("ngram build --data {data} --order 2..9", "--order"),
     ("ngram build --data {root}/afile", "is a file"),
     ("ngram build --data {data} --out {root}/adir", "is a folder"),
     ("ngram sample --data {data} --model {root}/char.npz", "does not match the n-gram"),
@@ -115,6 +125,7 @@ CASES = [
     # sweep
     ("sweep {root}/sweep_fails.toml", "all 2 of 2 runs failed"),
     ("sweep {root}/sweep_fails.toml --out {root}/afile", "exists and is a file"),
+    ("sweep {root}/sweep_type.toml", "lr in"),
     # plot
     ("plot {run} --out {root}/adir", "is a folder"),
     ("plot {run} --summary {root}/afile/x.png", "is a file, not a folder"),
