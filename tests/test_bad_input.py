@@ -126,6 +126,17 @@ CASES = [
     ("sweep {root}/sweep_fails.toml", "all 2 of 2 runs failed"),
     ("sweep {root}/sweep_fails.toml --out {root}/afile", "exists and is a file"),
     ("sweep {root}/sweep_type.toml", "lr in"),
+    # more flag rules, one per verb family
+    ("train --data {data} --threads 0 --out {root}/t", "--threads"),
+    ("train --data {data} --max-steps 0 --out {root}/t", "--max-steps"),
+    ("sample {run} --max-tokens 0", "--max-tokens"),
+    ("sample {run} -n 0", "-n"),
+    ("speedrun --probe-seconds nan --out {root}/s", "--probe-seconds"),
+    ("speedrun --data synth --batch-size 0 --out {root}/s", "--batch-size"),
+    ("plan --gpus 0", "--gpus"),
+    ("plan --out {root}/afile/x.toml", "is a file, not a folder"),
+    ("ngram build --data {data} --json {root}/adir", "--json"),
+    ("ngram build --data {data} --max-tokens 0", "--max-tokens"),
     # plot
     ("plot {run} --out {root}/adir", "is a folder"),
     ("plot {run} --summary {root}/afile/x.png", "is a file, not a folder"),
