@@ -342,13 +342,14 @@ def _bench_settings(args: argparse.Namespace, ctx: DistContext, inductor: dict |
 
 
 def register(sub) -> None:
+    from budgetlm.checks import number
     p = sub.add_parser("bench", help="time training steps: ms/step, tokens/s, MFU, peak memory")
     p.add_argument("--model", default="gpt2-124m")
-    p.add_argument("--seq", type=int, default=1024)
-    p.add_argument("--micro-batch", type=int, nargs="+", default=[16], help="one or more sizes to time")
-    p.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--seq", type=number(int, min=1), default=1024)
+    p.add_argument("--micro-batch", type=number(int, min=1), nargs="+", default=[16], help="one or more sizes to time")
+    p.add_argument("--accum", type=number(int, min=1), default=1, help="micro-batches per optimizer step")
+    p.add_argument("--steps", type=number(int, min=1), default=20)
+    p.add_argument("--warmup", type=number(int, min=0), default=5)
     p.add_argument("--compile", choices=["on", "off"], default="on")
     p.add_argument("--compile-mode", default="default",
                    choices=["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"])
@@ -361,7 +362,7 @@ def register(sub) -> None:
     p.add_argument("--fp8-head", choices=["on", "off"], default="off",
                    help="the CE kernel's head matmuls in FP8 (models/ce_kernel_fp8.py; Ada/Hopper)")
     p.add_argument("--fused-adam", choices=["on", "off"], default="on")
-    p.add_argument("--vocab-multiple", type=int)
+    p.add_argument("--vocab-multiple", type=number(int, min=1))
     p.add_argument("--attn", choices=list(ATTENTION_BACKENDS), default="auto",
                    help="preferred attention kernel (auto: cuDNN on Hopper, else PyTorch's order)")
     p.add_argument("--fp8", choices=list(FP8_RECIPES), default="off", help="FP8 matmuls through torchao")
@@ -376,7 +377,7 @@ def register(sub) -> None:
     p.add_argument("--device")
     p.add_argument("--parallel", choices=list(PARALLEL_MODES), default="auto",
                    help="under torchrun: ddp or fsdp (FSDP2), as in training; auto = ddp")
-    p.add_argument("--zero-stage", type=int, default=0, help="1 = shard the AdamW state across DDP ranks (ZeRO-1)")
+    p.add_argument("--zero-stage", type=int, choices=[0, 1], default=0, help="1 = shard the AdamW state across DDP ranks (ZeRO-1)")
     p.add_argument("--ablation", action="store_true", help="run the fast path and each piece switched off")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--no-record", action="store_true")

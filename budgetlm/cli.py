@@ -4,10 +4,12 @@ function. Problems with input end as one line naming the file or flag, and exit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from budgetlm import checks
 from budgetlm.errors import BudgetLMError
 from budgetlm.train.interrupt import RunStopped
 
@@ -17,69 +19,48 @@ TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac
                "eval_every", "eval_points", "eval_tokens", "checkpoint_every", "log_every", "log_to", "fused_loss", "ce_kernel", "recompute", "attn", "fp8", "fp8_modules", "fp8_head", "half_residual", "cuda_graphs", "teacher", "distill_steps",
                "distill_alpha", "distill_temp", "max_steps", "sample_every", "sample_tokens", "hellaswag_every",
                "hellaswag_items", "hellaswag_file", "train_shards", "val_shards", "parallel", "zero_stage")
+DISTILL_FLAGS = ("teacher", "distill_steps", "distill_alpha", "distill_temp")
+LLMC_FLAGS = ("parallel", "zero_stage", "train_shards", "val_shards", "max_steps", "sample_every", "sample_tokens",
+              "hellaswag_every", "hellaswag_items", "hellaswag_file")  # defined in _add_llmc_flags (llm.c aliases)
+
+
+def _field_flag(g: argparse._ActionsContainer, cls: type, name: str, *aliases: str, **extra) -> None:
+    """A flag for one config field: help, choices and type from its metadata (config.setting), so a
+    flag's rules live in one place; values are checked again, with the rest, by the config itself."""
+    from budgetlm.config import field_kind, flag_name
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    kind = field_kind(f)[0]
+    opts = {"help": f.metadata.get("help")}
+    if kind in ("int", "float"):
+        opts["type"] = int if kind == "int" else float
+    if "choices" in f.metadata:
+        opts["choices"] = list(f.metadata["choices"])
+    g.add_argument(flag_name(name), *aliases, **{**opts, **extra})
+
+
+SPEEDRUN_MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "mlp", "norm", "pos")
+SPEEDRUN_TRAIN_FLAGS = ("seq_len", "batch_size", "lr", "compile", "threads", "log_to")
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    from budgetlm.config import ModelConfig
     g = p.add_argument_group("model")
     g.add_argument("--model", help="named size: nano, micro, tiny, small, mini, gpt2-124m, ..., tinyllama-1.1b")
-    g.add_argument("--arch", choices=["gpt", "lstm", "d3pm"],
-                   help="gpt (transformer), lstm (recurrent baseline), d3pm (discrete diffusion; BPB is an upper bound)")
-    g.add_argument("--n-layer", type=int)
-    g.add_argument("--n-head", type=int)
-    g.add_argument("--n-kv-head", type=int, help="fewer than --n-head: grouped-query attention")
-    g.add_argument("--n-embd", type=int)
-    g.add_argument("--mlp", choices=["gelu", "swiglu"])
-    g.add_argument("--mlp-hidden", type=int)
-    g.add_argument("--norm", choices=["layernorm", "rmsnorm"])
-    g.add_argument("--pos", choices=["learned", "rope"])
+    for name in MODEL_FLAGS:
+        _field_flag(g, ModelConfig, name)
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    from budgetlm.config import TrainConfig
     g = p.add_argument_group("training")
-    g.add_argument("--batch-size", type=int, help="sequences per micro-batch")
-    g.add_argument("--total-batch-tokens", "--total-batch", type=int, help="tokens per step (gradient accumulation)")
-    g.add_argument("--seq-len", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--min-lr-frac", type=float)
-    g.add_argument("--warmup-frac", type=float)
-    g.add_argument("--warmup-steps", type=int)
-    g.add_argument("--schedule", choices=["cosine", "linear", "wsd", "constant"])
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--grad-clip", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
-    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
-    g.add_argument("--compile", choices=["auto", "on", "off"])
-    g.add_argument("--threads", type=int)
-    g.add_argument("--eval-every", type=int,
-                   help="steps between evals (0 = time budgets: --eval-points evals over the budget; else at the end)")
-    g.add_argument("--eval-points", type=int, help="with --eval-every 0: evals spread over a time budget (10; 0 = none)")
-    g.add_argument("--eval-tokens", type=int)
-    g.add_argument("--checkpoint-every", type=int)
-    g.add_argument("--log-every", type=int)
-    g.add_argument("--log-to", help="metric sinks besides metrics.jsonl: tensorboard, wandb (offline), comma-separated "
-                                    "(default auto: jsonl + tensorboard when installed)")
-    g.add_argument("--fused-loss", choices=["auto", "on", "off"], help="chunked head+cross-entropy, saves memory (auto: off)")
-    g.add_argument("--ce-kernel", choices=["auto", "on", "off"],
-                   help="loss gradient written over the logits by one Triton kernel (auto: CUDA with Triton)")
-    g.add_argument("--recompute", type=int, choices=[0, 1, 2], help="activation recomputation level")
-    g.add_argument("--attn", choices=["auto", "flash", "cudnn", "efficient", "math"],
-                   help="preferred attention kernel (auto: cuDNN on Hopper, else PyTorch's order)")
-    g.add_argument("--fp8", choices=["off", "tensorwise", "rowwise"],
-                   help="FP8 matmuls through torchao (Ada/Hopper GPUs; opt-in, trades precision for speed)")
-    g.add_argument("--fp8-modules", help="with --fp8: 'all' (default) or pieces of Linear names, e.g. 'mlp'")
-    g.add_argument("--fp8-head", choices=["on", "off"],
-                   help="the LM head's three matmuls in FP8 inside the CE kernel (Ada/Hopper; opt-in)")
-    g.add_argument("--half-residual", choices=["auto", "on", "off"],
-                   help="residual stream in bf16, norms in fp32 (auto: CUDA half precision)")
-    g.add_argument("--cuda-graphs", choices=["auto", "on", "off"],
-                   help="compile with CUDA graphs, one launch per step (auto: CUDA, one GPU, < 20M params)")
+    for name in TRAIN_FLAGS:
+        if name in LLMC_FLAGS or name in DISTILL_FLAGS:
+            continue
+        _field_flag(g, TrainConfig, name, *(("--total-batch",) if name == "total_batch_tokens" else ()))
     g.add_argument("--no-progress", action="store_true", help="no live progress bar")
     g = p.add_argument_group("distillation")
-    g.add_argument("--teacher", help="ngram:N - distill from a Kneser-Ney n-gram for the first steps")
-    g.add_argument("--distill-steps", type=int)
-    g.add_argument("--distill-alpha", type=float, help="weight of the KL term (0..1)")
-    g.add_argument("--distill-temp", type=float)
+    for name in DISTILL_FLAGS:
+        _field_flag(g, TrainConfig, name)
 
 
 def _add_llmc_flags(p: argparse.ArgumentParser) -> None:
@@ -87,19 +68,21 @@ def _add_llmc_flags(p: argparse.ArgumentParser) -> None:
     `-h` is llm.c's HellaSwag switch here (-h 1), so this verb's help is --help only."""
     p.add_argument("--help", action="help", help="show this help and exit (-h is llm.c's HellaSwag switch)")
     g = p.add_argument_group("scale-out (torchrun) and llm.c-style flags, see docs/llmc_flags.md")
-    g.add_argument("--parallel", choices=["auto", "ddp", "fsdp"], help="under torchrun: ddp (default) or fsdp")
-    g.add_argument("-z", "--zero-stage", type=int, choices=[0, 1], help="1: ZeRO-1, AdamW state sharded (ddp)")
+    from budgetlm.config import TrainConfig
+    _field_flag(g, TrainConfig, "parallel")
+    _field_flag(g, TrainConfig, "zero_stage", "-z")
     g.add_argument("--zero1", dest="zero_stage", action="store_const", const=1, help="= --zero-stage 1")
-    g.add_argument("-i", "--train-shards", help="train shards glob, e.g. 'DIR/fineweb_train_*.bin', or a data folder")
-    g.add_argument("-j", "--val-shards", help="val shards glob, e.g. 'DIR/fineweb_val_*.bin'")
-    g.add_argument("-x", "--max-steps", type=int, help="stop after N steps (no --budget: the budget is N-steps)")
-    g.add_argument("-s", "--sample-every", type=int, help="steps between samples printed by rank 0")
-    g.add_argument("-g", "--sample-tokens", type=int, help="tokens per sample (64)")
+    _field_flag(g, TrainConfig, "train_shards", "-i",
+                help="train shards glob, e.g. 'DIR/fineweb_train_*.bin', or a data folder")
+    _field_flag(g, TrainConfig, "val_shards", "-j", help="val shards glob, e.g. 'DIR/fineweb_val_*.bin'")
+    _field_flag(g, TrainConfig, "max_steps", "-x", help="stop after N steps (no --budget: the budget is N-steps)")
+    _field_flag(g, TrainConfig, "sample_every", "-s")
+    _field_flag(g, TrainConfig, "sample_tokens", "-g")
     g.add_argument("-h", "--hellaswag", type=int, choices=[0, 1], help="1: HellaSwag at every eval (-v)")
-    g.add_argument("--hellaswag-every", type=int, help="steps between HellaSwag evals (and at the end)")
-    g.add_argument("--hellaswag-items", type=int, help="items per HellaSwag eval (0 = all 10,042)")
-    g.add_argument("--hellaswag-file", help="local HellaSwag val file (.jsonl or .jsonl.xz) instead of the download "
-                                            "(or set BUDGETLM_HELLASWAG_FILE)")
+    _field_flag(g, TrainConfig, "hellaswag_every")
+    _field_flag(g, TrainConfig, "hellaswag_items")
+    _field_flag(g, TrainConfig, "hellaswag_file", help="local HellaSwag val file (.jsonl or .jsonl.xz) instead of "
+                "the download (or set BUDGETLM_HELLASWAG_FILE)")
     g.add_argument("-y", dest="resume_llmc", type=int, choices=[0, 1], help="1 = --resume (latest in --out)")
     g.add_argument("-e", dest="model", help="= --model: d12, d24, d36, d48 or another preset")
     g.add_argument("-r", dest="recompute", type=int, choices=[0, 1, 2], help="= --recompute")
@@ -144,7 +127,7 @@ def _count(text: str | None, flag: str) -> int | None:
     t = str(text).strip().lower()
     try:
         return int(float(t[:-1]) * scale[t[-1]]) if t[-1] in scale else int(t)
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, OverflowError):
         raise BudgetLMError(f"{flag}: expected a count like 1000, 50k or 20M, got {text!r}") from None
 
 
@@ -156,11 +139,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     _resolve_llmc(args)
     if args.config:
         file = load_toml(args.config)
+        _check_train_toml(file, args.config)
         model_values = dict(file.get("model", {}))
         train_values = dict(file.get("train", {}))
         args.data = args.data or file.get("data", {}).get("dir")
     if not args.data:
         raise BudgetLMError("--data: give the prepared data folder (from 'budgetlm prepare')")
+    checks.data_dir(args.data)
     preset = args.model or model_values.pop("preset", None)
     model_values.update(_picked(args, MODEL_FLAGS))
     mcfg = model_config(preset, **model_values)
@@ -169,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                               or (f"{args.max_steps}-steps" if args.max_steps else "5m"))
     train_values["out_dir"] = args.out
     train_values["progress"] = not args.no_progress
-    tcfg = from_dict(TrainConfig, train_values, args.config or "flags")
+    tcfg = from_dict(TrainConfig, train_values, "flags")  # the file's own keys were checked above, naming it
     resume = None
     if args.resume is not None:
         resume = args.resume or args.out
@@ -178,6 +163,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     from budgetlm.train.distributed import env_world
     if env_world()[0] == 0:  # under torchrun only rank 0 prints
         print(summary_table(info))
+
+
+def _check_train_toml(file: dict, where: str) -> None:
+    """A train config file: only [model], [train] and [data] tables, each key known and well typed."""
+    from budgetlm.config import ModelConfig, TrainConfig, check_table, check_toml_tables
+    check_toml_tables(file, where, ("model", "train", "data"))
+    check_table(ModelConfig, file.get("model", {}), where, "model", extra=("preset",))
+    check_table(TrainConfig, file.get("train", {}), where, "train")
+    for key, value in file.get("data", {}).items():
+        if key != "dir":
+            raise BudgetLMError(f"data.{key} in {where}: unknown key; known: dir")
+        if not isinstance(value, str):
+            raise BudgetLMError(f"data.dir in {where}: expected a folder path string, got {value!r}")
+    preset = file.get("model", {}).get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise BudgetLMError(f"model.preset in {where}: expected a preset name, got {preset!r}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -272,14 +273,26 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_speedrun(args: argparse.Namespace) -> None:
     from budgetlm.speedrun import speedrun
-    overrides = {**_picked(args, ("n_layer", "n_head", "n_embd", "mlp", "norm", "pos", "seq_len", "batch_size", "lr",
-                                  "compile", "threads", "log_to")), "progress": not args.no_progress}
+    overrides = {**_picked(args, SPEEDRUN_MODEL_FLAGS + SPEEDRUN_TRAIN_FLAGS), "progress": not args.no_progress}
+    _check_speedrun_overrides(overrides)
     speedrun(args.budget, args.data, args.tokenizer, args.out, args.device or "auto", seed=args.seed,
              overrides=overrides, auto=args.auto_size, probe_seconds=args.probe_seconds, sizing=args.sizing)
 
 
+def _check_speedrun_overrides(overrides: dict) -> None:
+    """The speedrun's flags checked before it sizes, prepares or calibrates anything: each value by its
+    field's rules, and the head shape when both sides of it are given (the rest follows the sizing)."""
+    from budgetlm.config import ModelConfig, TrainConfig, check_value
+    for cls in (ModelConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            if f.name in overrides:
+                check_value(f, overrides[f.name])
+    if "n_head" in overrides and "n_embd" in overrides:
+        ModelConfig(**{k: overrides[k] for k in ("n_head", "n_embd", "pos") if k in overrides})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="budgetlm", description="Train the strongest language model a budget allows.")
+    p = OneLineParser(prog="budgetlm", description="Train the strongest language model a budget allows.")
     sub = p.add_subparsers(dest="verb", required=True)
 
     sp = sub.add_parser("prepare", help="text -> tokenizer -> token shards (llm.c format)")
@@ -288,9 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sample", help="with --data fineweb-edu: 10BT (default), 100BT or 350BT")
     sp.add_argument("--out", required=True)
     sp.add_argument("--max-tokens", help="train tokens to keep, e.g. 20M (default: all)")
-    sp.add_argument("--val-frac", type=float, default=0.1, help="held-out share for sources without a val split")
+    sp.add_argument("--val-frac", type=checks.number(float, min=0.0, max=0.99), default=0.1,
+                    help="held-out share for sources without a val split")
     sp.add_argument("--shard-tokens", default="100M")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=checks.number(int, min=0), default=0)
     sp.set_defaults(fn=cmd_prepare)
 
     sp = sub.add_parser("train", help="train under a budget of time, tokens or steps", add_help=False)
@@ -314,14 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also HellaSwag acc / acc_norm on the first N items (default all 10,042)")
     sp.add_argument("--hellaswag-file", help="local HellaSwag val file (.jsonl or .jsonl.xz; or BUDGETLM_HELLASWAG_FILE)")
     sp.add_argument("--split", default="val")
-    sp.add_argument("--seq-len", type=int)
-    sp.add_argument("--batch-size", type=int, default=16)
-    sp.add_argument("--max-tokens", type=int)
-    sp.add_argument("--stories", type=int, default=0, help="also generate N stories and score their quality")
+    sp.add_argument("--seq-len", type=checks.number(int, min=1))
+    sp.add_argument("--batch-size", type=checks.number(int, min=1), default=16)
+    sp.add_argument("--max-tokens", type=checks.number(int, min=1))
+    sp.add_argument("--stories", type=checks.number(int, min=0), default=0,
+                    help="also generate N stories and score their quality")
     sp.add_argument("--fuse", help="also score with shallow fusion, e.g. ngram:0.2,cache:0.1,knn:0.1")
     sp.add_argument("--judge", action="store_true", help="score the stories with an LLM judge (BUDGETLM_JUDGE_*)")
     sp.add_argument("--judge-cache", help="JSONL cache of judge replies")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=checks.number(int, min=0), default=0)
     sp.add_argument("--device")
     sp.add_argument("--out", help="write the results as JSON here")
     sp.set_defaults(fn=cmd_eval)
@@ -329,15 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("sample", help="generate text from a checkpoint")
     sp.add_argument("checkpoint", nargs="?", default="runs/speedrun")
     sp.add_argument("--prompt", default="Once upon a time")
-    sp.add_argument("--max-tokens", type=int, default=256)
-    sp.add_argument("--temperature", type=float, default=0.8)
-    sp.add_argument("--top-k", type=int, default=0)
-    sp.add_argument("--top-p", type=float, default=0.95)
+    sp.add_argument("--max-tokens", type=checks.number(int, min=1), default=256)
+    sp.add_argument("--temperature", type=checks.number(float, positive=True), default=0.8)
+    sp.add_argument("--top-k", type=checks.number(int, min=0), default=0, help="keep the k likeliest tokens (0 = all)")
+    sp.add_argument("--top-p", type=checks.number(float, positive=True, max=1.0), default=0.95)
     sp.add_argument("--greedy", action="store_true")
-    sp.add_argument("-n", type=int, default=1, help="number of samples")
+    sp.add_argument("-n", type=checks.number(int, min=1), default=1, help="number of samples")
     sp.add_argument("--fuse", help="shallow fusion, e.g. ngram:0.2,cache:0.1,knn:0.1")
     sp.add_argument("--data", help="prepared data folder (for --fuse ngram/knn heads)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=checks.number(int, min=0), default=0)
     sp.add_argument("--device")
     sp.set_defaults(fn=cmd_sample)
 
@@ -347,22 +362,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tokenizer", help="default: chosen for the device")
     sp.add_argument("--out", default="runs/speedrun")
     sp.add_argument("--device")
-    sp.add_argument("--seed", type=int, default=1337)
+    sp.add_argument("--seed", type=checks.number(int, min=0), default=1337)
     sp.add_argument("--no-progress", action="store_true")
     sp.add_argument("--sizing", choices=["measured", "static"], default="measured",
                     help="measured: size model, batch and tokenizer from a short calibration of this device (default); "
                          "static: the fixed per-device defaults")
     sp.add_argument("--auto-size", action="store_true", help="after data prep, time several sizes and keep the one "
                     "the budget favours (replaces the sizing's shape)")
-    sp.add_argument("--probe-seconds", type=float, default=4.0, help="seconds of measurement per --auto-size size")
-    for flag, typ in (("--n-layer", int), ("--n-head", int), ("--n-embd", int), ("--seq-len", int),
-                      ("--batch-size", int), ("--lr", float), ("--threads", int)):
-        sp.add_argument(flag, type=typ)
-    sp.add_argument("--mlp", choices=["gelu", "swiglu"])
-    sp.add_argument("--norm", choices=["layernorm", "rmsnorm"])
-    sp.add_argument("--pos", choices=["learned", "rope"])
-    sp.add_argument("--compile", choices=["auto", "on", "off"])
-    sp.add_argument("--log-to", help="metric sinks besides metrics.jsonl: tensorboard, wandb (default auto)")
+    sp.add_argument("--probe-seconds", type=checks.number(float, positive=True), default=4.0, help="seconds of measurement per --auto-size size")
+    from budgetlm.config import ModelConfig, TrainConfig
+    for name in SPEEDRUN_MODEL_FLAGS:
+        _field_flag(sp, ModelConfig, name)
+    for name in SPEEDRUN_TRAIN_FLAGS:
+        _field_flag(sp, TrainConfig, name)
     sp.set_defaults(fn=cmd_speedrun)
 
     from budgetlm import bench, export, ngram_cli, plan
@@ -377,9 +389,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Paths each verb writes: (attribute, "dir" | "file"), checked before any work starts.
+OUTPUTS = {"prepare": (("out", "dir"),), "train": (("out", "dir"),), "speedrun": (("out", "dir"),),
+           "eval": (("out", "file"), ("judge_cache", "file")), "export": (("out", "dir"),),
+           "ngram": (("out", "file"), ("json", "file")), "sweep": (("out", "dir"),),
+           "plot": (("out", "file"), ("summary", "file")), "plan": (("out", "file"),)}
+DATA_DIR_VERBS = ("eval", "sample", "ngram")  # --data is a prepared folder (train checks after its TOML)
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Output paths writable and of the right kind, and --data a folder where one is expected."""
+    for attr, kind in OUTPUTS.get(args.verb, ()):
+        path = getattr(args, attr, None)
+        if path is None:
+            continue
+        label = "--" + attr.replace("_", "-")
+        if kind == "dir":
+            checks.out_dir(path, label)
+        else:
+            checks.out_file(path, label)
+    if args.verb == "bench" and not getattr(args, "no_record", True):
+        checks.out_file(args.results, "--results")
+    if args.verb in DATA_DIR_VERBS and getattr(args, "data", None):
+        checks.data_dir(args.data)
+
+
+class UsageError(SystemExit):
+    """A flag argparse could not parse; main prints it as the one error line (exit code 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line `budgetlm VERB: error: ...` (no usage block), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _verb_of(argv: list[str] | None, parser: argparse.ArgumentParser) -> str | None:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return next((a for a in (sys.argv[1:] if argv is None else argv) if a in sub.choices), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
     try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        verb = _verb_of(argv, parser)
+        print(f"budgetlm{' ' + verb if verb else ''}: error: {e.message}", file=sys.stderr)
+        return 2
+    try:
+        check_paths(args)
         args.fn(args)
     except BudgetLMError as e:
         print(f"budgetlm {args.verb}: error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -19,36 +20,41 @@ from budgetlm.errors import BudgetLMError
 ARCHS = ("gpt", "lstm", "d3pm")  # build_model in budgetlm/models/__init__.py knows each
 
 
+def setting(default: Any, help: str = "", **rules: Any) -> Any:
+    """A dataclass field whose rules (choices, min, max, positive, finite) live in its metadata, so
+    check_field, the CLI's --help/choices and the TOML loader all read the same place."""
+    return field(default=default, metadata=dict(help=help, **rules))
+
+
+ONOFF = ("auto", "on", "off")
+
+
 @dataclass
 class ModelConfig:
     """Shape of the model: a GPT-2 style transformer by default, Llama style by switches; `arch` picks
     another family (lstm, d3pm), which reads the fields that apply to it."""
 
-    arch: str = "gpt"  # gpt (transformer) | lstm (recurrent baseline) | d3pm (absorbing discrete diffusion)
-    vocab_size: int = 4096
-    block_size: int = 256  # longest context the model is trained for
-    n_layer: int = 3
-    n_head: int = 4
-    n_kv_head: int | None = None  # None = n_head (multi-head); fewer = grouped-query attention
-    n_embd: int = 128
-    mlp: str = "gelu"  # gelu | swiglu
-    mlp_hidden: int | None = None  # None: 4*n_embd for gelu, ~8/3*n_embd (rounded) for swiglu
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    pos: str = "learned"  # learned | rope
-    rope_theta: float = 10000.0
-    bias: bool = True
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    norm_eps: float = 1e-5
-    vocab_multiple: int = 1  # pad embedding/head rows to a multiple of this (64: fast GPU matmuls)
+    arch: str = setting("gpt", "gpt (transformer), lstm (recurrent baseline), d3pm (discrete diffusion; "
+                        "BPB is an upper bound)", choices=ARCHS)
+    vocab_size: int = setting(4096, "vocabulary size (replaced by the data's tokenizer)", min=1)
+    block_size: int = setting(256, "longest context the model is trained for", min=1)
+    n_layer: int = setting(3, "transformer blocks", min=1)
+    n_head: int = setting(4, "attention heads", min=1)
+    n_kv_head: int | None = setting(None, "fewer than --n-head: grouped-query attention", min=1)
+    n_embd: int = setting(128, "model width", min=1)
+    mlp: str = setting("gelu", "MLP type", choices=("gelu", "swiglu"))
+    mlp_hidden: int | None = setting(None, "MLP width (default: 4*n_embd for gelu, ~8/3*n_embd for swiglu)", min=1)
+    norm: str = setting("layernorm", "normalization", choices=("layernorm", "rmsnorm"))
+    pos: str = setting("learned", "position encoding", choices=("learned", "rope"))
+    rope_theta: float = setting(10000.0, "RoPE base", positive=True)
+    bias: bool = setting(True, "biases in linear layers and norms")
+    tie_embeddings: bool = setting(True, "share the embedding and head weights")
+    dropout: float = setting(0.0, "dropout probability", min=0.0, max=0.999)
+    norm_eps: float = setting(1e-5, "epsilon of the norms", positive=True)
+    vocab_multiple: int = setting(1, "pad embedding/head rows to a multiple of this (64: fast GPU matmuls)", min=1)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise BudgetLMError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
-        choices = {"mlp": ("gelu", "swiglu"), "norm": ("layernorm", "rmsnorm"), "pos": ("learned", "rope")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise BudgetLMError(f"model field '{name}' must be one of {allowed}, got {getattr(self, name)!r}")
+        check_fields(self)
         if self.arch != "lstm":  # an LSTM has no attention heads, so no head-shape rules
             if self.n_embd % self.n_head:
                 raise BudgetLMError(f"model: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
@@ -56,9 +62,6 @@ class ModelConfig:
                 raise BudgetLMError(f"model: n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
             if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
                 raise BudgetLMError("model: rope needs an even head dimension (n_embd / n_head)")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise BudgetLMError(f"model field '{name}' must be positive, got {getattr(self, name)}")
 
     @property
     def padded_vocab(self) -> int:
@@ -133,65 +136,146 @@ def model_config(preset: str | None = None, **overrides: Any) -> ModelConfig:
 class TrainConfig:
     """Everything the trainer needs besides the model shape and the data."""
 
-    budget: str = "5m"
-    batch_size: int = 32  # sequences per micro-batch
-    total_batch_tokens: int | None = None  # None = one micro-batch per step (no accumulation)
-    seq_len: int = 256
-    lr: float = 2e-3
-    min_lr_frac: float = 0.1  # floor of the decay, as a fraction of lr
-    warmup_frac: float = 0.05  # warmup as a fraction of the budget
-    warmup_steps: int | None = None  # explicit warmup steps (overrides warmup_frac for step budgets)
-    schedule: str = "cosine"  # cosine | linear | wsd | constant
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    seed: int = 1337
-    device: str = "auto"
-    dtype: str = "auto"  # auto | float32 | bfloat16
-    compile: str = "auto"  # auto | on | off
-    threads: int | None = None
-    eval_every: int = 0  # steps; 0 = time budgets: eval_points evals spread over the budget, else only at the end
-    eval_points: int = 10  # with eval_every 0 and a time budget: an eval at each 1/eval_points of it (0 = none)
-    eval_tokens: int = 65536  # validation tokens scored at each eval
-    final_eval_tokens: int = 0  # 0 = the whole validation split
-    checkpoint_every: int = 0  # steps; 0 = only at the end
-    log_every: int = 10
-    log_to: str = "auto"  # metric sinks: jsonl,tensorboard,wandb (train/sinks.py; auto = jsonl + tensorboard)
-    out_dir: str = "runs/latest"
-    progress: bool = True
-    fused_loss: str = "auto"  # auto | on | off: chunked head + cross-entropy, saves memory (auto: off)
-    ce_kernel: str = "auto"  # auto | on | off: head + cross-entropy as one Triton gradient kernel (auto: CUDA + Triton)
-    recompute: int = 0  # activation recomputation: 0 off, 1 MLPs, 2 whole blocks (llm.c -r)
-    attn: str = "auto"  # preferred attention kernel: auto | flash | cudnn | efficient | math
-    fp8: str = "off"  # off | tensorwise | rowwise: FP8 matmuls through torchao (Ada/Hopper GPUs)
-    fp8_modules: str = "all"  # with fp8: "all" or comma-separated pieces of Linear names ("mlp")
-    fp8_head: str = "off"  # on | off: the CE kernel's head matmuls in FP8 (models/ce_kernel_fp8.py; opt-in)
-    cuda_graphs: str = "auto"  # auto | on | off: torch.compile "reduce-overhead" (auto: CUDA, < 20M params)
-    half_residual: str = "auto"  # auto | on | off: residual stream in bf16 (auto: CUDA half precision)
-    teacher: str | None = None  # e.g. "ngram:4": distill from an n-gram for the first steps
-    distill_steps: int = 200
-    distill_alpha: float = 0.5
-    distill_temp: float = 1.0
-    max_steps: int | None = None  # stop after this many steps (the schedule still follows the budget)
-    sample_every: int = 0  # steps between samples printed by rank 0 (0 = never)
-    sample_tokens: int = 64  # tokens per sample
-    hellaswag_every: int = 0  # steps between HellaSwag evals (0 = never); also run at the end when on
-    hellaswag_items: int = 0  # HellaSwag items scored per eval (0 = all 10,042)
-    hellaswag_file: str | None = None  # a local HellaSwag val file (.jsonl or .jsonl.xz) instead of the download
-    train_shards: str | None = None  # glob of train shards (llm.c -i); default: the data folder's train split
-    val_shards: str | None = None  # glob of val shards (llm.c -j)
-    parallel: str = "auto"  # auto | ddp | fsdp; used when launched by torchrun with WORLD_SIZE > 1
-    zero_stage: int = 0  # 1: shard the AdamW state over ranks (ZeroRedundancyOptimizer, with ddp)
+    budget: str = setting("5m", "5m, 2h, 300s, 50M-tokens, 1000-steps", budget=True)
+    batch_size: int = setting(32, "sequences per micro-batch", min=1)
+    total_batch_tokens: int | None = setting(None, "tokens per step (gradient accumulation)", min=1)
+    seq_len: int = setting(256, "tokens per training sequence", min=1)
+    lr: float = setting(2e-3, "peak learning rate", positive=True)
+    min_lr_frac: float = setting(0.1, "floor of the decay, as a fraction of --lr", min=0.0, max=1.0)
+    warmup_frac: float = setting(0.05, "warmup as a fraction of the budget", min=0.0, max=1.0)
+    warmup_steps: int | None = setting(None, "explicit warmup steps (overrides --warmup-frac)", min=0)
+    schedule: str = setting("cosine", "learning-rate schedule", choices=("cosine", "linear", "wsd", "constant"))
+    weight_decay: float = setting(0.1, "AdamW weight decay", min=0.0)
+    beta1: float = setting(0.9, "AdamW beta1", min=0.0, max=0.9999)
+    beta2: float = setting(0.95, "AdamW beta2", min=0.0, max=0.9999)
+    grad_clip: float = setting(1.0, "gradient-norm clip (0 = off)", min=0.0)
+    seed: int = setting(1337, "random seed", min=0)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N, mps")
+    dtype: str = setting("auto", "compute dtype", choices=("auto", "float32", "bfloat16"))
+    compile: str = setting("auto", "torch.compile", choices=ONOFF)
+    threads: int | None = setting(None, "CPU threads", min=1)
+    eval_every: int = setting(0, "steps between evals (0 = time budgets: --eval-points evals spread over the "
+                              "budget; other budgets: only at the end)", min=0)
+    eval_points: int = setting(10, "with --eval-every 0 and a time budget: an eval at each 1/N of it (0 = none)",
+                               min=0)
+    eval_tokens: int = setting(65536, "validation tokens scored at each eval", min=1)
+    final_eval_tokens: int = setting(0, "validation tokens of the final eval (0 = the whole split)", min=0)
+    checkpoint_every: int = setting(0, "steps between checkpoints (0 = only at the end)", min=0)
+    log_every: int = setting(10, "steps between log lines", min=1)
+    log_to: str = setting("auto", "metric sinks: jsonl,tensorboard,wandb (auto = jsonl + tensorboard when installed)")
+    out_dir: str = setting("runs/latest", "run folder")
+    progress: bool = setting(True, "live progress bar")
+    fused_loss: str = setting("auto", "chunked head+cross-entropy, saves memory (auto: off)", choices=ONOFF)
+    ce_kernel: str = setting("auto", "loss gradient written over the logits by one Triton kernel "
+                             "(auto: CUDA with Triton)", choices=ONOFF)
+    recompute: int = setting(0, "activation recomputation: 0 off, 1 MLPs, 2 whole blocks", choices=(0, 1, 2))
+    attn: str = setting("auto", "preferred attention kernel (auto: cuDNN on Hopper, else PyTorch's order)",
+                        choices=("auto", "flash", "cudnn", "efficient", "math"))
+    fp8: str = setting("off", "FP8 matmuls through torchao (Ada/Hopper GPUs; opt-in, trades precision for speed)",
+                       choices=("off", "tensorwise", "rowwise"))
+    fp8_modules: str = setting("all", "with --fp8: 'all' (default) or pieces of Linear names, e.g. 'mlp'")
+    fp8_head: str = setting("off", "the LM head's three matmuls in FP8 inside the CE kernel (Ada/Hopper; opt-in)",
+                            choices=("on", "off"))
+    cuda_graphs: str = setting("auto", "compile with CUDA graphs, one launch per step (auto: CUDA, one GPU, "
+                               "< 20M params)", choices=ONOFF)
+    half_residual: str = setting("auto", "residual stream in bf16, norms in fp32 (auto: CUDA half precision)",
+                                 choices=ONOFF)
+    teacher: str | None = setting(None, "ngram:N - distill from a Kneser-Ney n-gram for the first steps")
+    distill_steps: int = setting(200, "steps of distillation", min=0)
+    distill_alpha: float = setting(0.5, "weight of the KL term (0..1)", min=0.0, max=1.0)
+    distill_temp: float = setting(1.0, "distillation temperature", positive=True)
+    max_steps: int | None = setting(None, "stop after N steps (the schedule still follows the budget)", min=1)
+    sample_every: int = setting(0, "steps between samples printed by rank 0 (0 = never)", min=0)
+    sample_tokens: int = setting(64, "tokens per sample", min=1)
+    hellaswag_every: int = setting(0, "steps between HellaSwag evals (0 = never; also at the end)", min=0)
+    hellaswag_items: int = setting(0, "HellaSwag items per eval (0 = all 10,042)", min=0)
+    hellaswag_file: str | None = setting(None, "a local HellaSwag val file (.jsonl or .jsonl.xz) instead of the download")
+    train_shards: str | None = setting(None, "train shards glob (llm.c -i); default: the data folder's train split")
+    val_shards: str | None = setting(None, "val shards glob (llm.c -j)")
+    parallel: str = setting("auto", "under torchrun: ddp (default) or fsdp", choices=("auto", "ddp", "fsdp"))
+    zero_stage: int = setting(0, "1: ZeRO-1, AdamW state sharded (ddp)", choices=(0, 1))
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "linear", "wsd", "constant"):
-            raise BudgetLMError(f"--schedule must be cosine, linear, wsd or constant, got {self.schedule!r}")
-        for name in ("batch_size", "seq_len"):
-            if getattr(self, name) < 1:
-                raise BudgetLMError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise BudgetLMError(f"--lr must be positive, got {self.lr}")
+        check_fields(self)
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_kind(f: dataclasses.Field) -> tuple[str, bool]:
+    """The base type name of a field (annotations are strings here) and whether None is allowed."""
+    parts = [p.strip() for p in str(f.type).split("|")]
+    return parts[0], "None" in parts
+
+
+def check_value(f: dataclasses.Field, value: Any, label: str | None = None) -> Any:
+    """`value` for field `f` after its type and metadata rules; errors name `label` (default the flag).
+    An int is accepted where a float is expected and returned as a float."""
+    label = label or flag_name(f.name)
+    kind, nullable = field_kind(f)
+    rules = f.metadata
+    if value is None:
+        if nullable:
+            return None
+        raise BudgetLMError(f"{label}: a value is required")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise BudgetLMError(f"{label}: expected true or false, got {value!r}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BudgetLMError(f"{label}: expected a whole number, got {value!r}")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BudgetLMError(f"{label}: expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise BudgetLMError(f"{label} must be a finite number, got {value}")
+    elif kind == "str" and not isinstance(value, str):
+        raise BudgetLMError(f"{label}: expected a string, got {value!r}")
+    if "choices" in rules and value not in rules["choices"]:
+        allowed = ", ".join(str(c) for c in rules["choices"])
+        raise BudgetLMError(f"{label} must be one of {allowed}, got {value!r}")
+    if rules.get("positive") and not value > 0:
+        raise BudgetLMError(f"{label} must be positive, got {value}")
+    if "min" in rules and value < rules["min"]:
+        raise BudgetLMError(f"{label} must be at least {rules['min']}, got {value}")
+    if "max" in rules and value > rules["max"]:
+        raise BudgetLMError(f"{label} must be at most {rules['max']}, got {value}")
+    if rules.get("budget"):
+        from budgetlm.train.budget import parse_budget
+        try:
+            parse_budget(value)
+        except BudgetLMError as e:
+            raise BudgetLMError(f"{label} {str(e).removeprefix('--budget ')}") from None
+    return value
+
+
+def check_fields(cfg: Any) -> None:
+    """Every field of a config dataclass through check_value (floats normalized in place)."""
+    for f in fields(cfg):
+        setattr(cfg, f.name, check_value(f, getattr(cfg, f.name)))
+
+
+def check_table(cls: type, values: dict[str, Any], where: str, table: str, extra: tuple[str, ...] = ()) -> None:
+    """The keys of one TOML table: unknown keys and bad values name `table.key in where`."""
+    known = {f.name: f for f in fields(cls)}
+    for key, value in values.items():
+        if key in extra:
+            continue
+        if key not in known:
+            raise BudgetLMError(f"{table}.{key} in {where}: unknown key; known: {', '.join(sorted(known))}")
+        check_value(known[key], value, f"{table}.{key} in {where}")
+
+
+def check_toml_tables(file: dict[str, Any], where: str, allowed: dict[str, type | None]) -> None:
+    """Top-level tables of a config file: only `allowed` (name -> dataclass or None for free-form)."""
+    for name, value in file.items():
+        if name not in allowed:
+            raise BudgetLMError(f"{where}: unknown table [{name}]; expected {', '.join(f'[{a}]' for a in allowed)}")
+        if not isinstance(value, dict):
+            raise BudgetLMError(f"{name} in {where}: expected a table [{name}], got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -204,6 +288,10 @@ def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise BudgetLMError(f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
+    if source != "flags":  # values from a file: errors name the key and the file, not a flag
+        by_name = {f.name: f for f in fields(cls)}
+        for key, value in values.items():
+            check_value(by_name[key], value, f"{key} in {source}")
     return cls(**values)
 
 

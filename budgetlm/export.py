@@ -234,6 +234,8 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
 def cmd_export(args: argparse.Namespace) -> None:
     if args.format != "hf":
         raise BudgetLMError(f"--format: unknown format {args.format!r}; supported: hf")
+    from budgetlm.checks import out_dir
+    out_dir(args.out, "--out", empty=not getattr(args, "force", False))  # never overwrite files silently
     out = export_hf(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} -> {out} (load with AutoModelForCausalLM.from_pretrained({str(out)!r}))")
 
@@ -243,6 +245,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     sp = subparsers.add_parser("export", help="write a checkpoint as a Hugging Face transformers folder")
     sp.add_argument("checkpoint", help="run or checkpoint folder")
     sp.add_argument("--format", default="hf", help="hf (transformers: GPT2LMHeadModel or LlamaForCausalLM)")
-    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--out", required=True, help="output folder (new or empty, unless --force)")
+    sp.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing its files")
     sp.set_defaults(fn=cmd_export)
     return sp

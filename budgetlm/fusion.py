@@ -164,6 +164,18 @@ class KnnDatastore:
         return _smooth(out)
 
 
+def _check_data_tokenizer(data_dir: str | Path, tokenizer) -> None:
+    """Heads built from a data folder's tokens must share the model's tokenizer, or their ids mean other text."""
+    from budgetlm.data.prepare import data_tokenizer
+    from budgetlm.data.tokenizers import TOKENIZER_FILE
+    if not (Path(data_dir) / TOKENIZER_FILE).is_file() or not hasattr(tokenizer, "fingerprint"):
+        return  # bare shards (library use): nothing to compare; Fuser still checks vocabulary sizes
+    data_tok = data_tokenizer(data_dir)
+    if data_tok.fingerprint() != tokenizer.fingerprint():
+        raise BudgetLMError(f"--fuse: --data {data_dir} is tokenized with {data_tok.spec}, not the model's "
+                            f"tokenizer ({tokenizer.spec}); build the heads from data of the same tokenizer")
+
+
 class Fuser:
     """Holds the heads of one ``--fuse`` spec and combines them with the model's distribution."""
 
@@ -191,10 +203,13 @@ class Fuser:
             if data_dir is None:
                 raise BudgetLMError("--fuse: the ngram (without @path) and knn heads need --data (train split)")
             from budgetlm.data.shards import load_split
+            _check_data_tokenizer(data_dir, tokenizer)
             train = load_split(data_dir, "train")
         if "ngram" in act:
             if spec.ngram_path:
                 ngram = KneserNeyLM.load(spec.ngram_path)
+                from budgetlm.ngram_cli import check_tokenizer
+                check_tokenizer(ngram, spec.ngram_path, tokenizer, "--fuse ngram")
                 log(f"fusion: loaded {ngram.order}-gram model from {spec.ngram_path}")
             else:
                 n = min(train.size, spec.ngram_max)

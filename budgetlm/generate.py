@@ -6,6 +6,7 @@ the next-token distribution without the sampler knowing about them.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -30,9 +31,22 @@ class Sample:
         return len(self.tokens) / max(self.seconds, 1e-9)
 
 
+def check_sampling(temperature: float | None, top_k: int, top_p: float, max_new_tokens: int) -> None:
+    """Sampling settings a sampler can use: errors name the flag (NaN passes no comparison, so each
+    check is written as what must hold)."""
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        raise BudgetLMError(f"--temperature must be a positive finite number, got {temperature}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise BudgetLMError(f"--top-k must be a whole number >= 0 (0 = all tokens), got {top_k}")
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise BudgetLMError(f"--top-p must be in (0, 1], got {top_p}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise BudgetLMError(f"--max-tokens must be a whole number >= 0, got {max_new_tokens}")
+
+
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    if temperature <= 0:
-        raise BudgetLMError(f"--temperature must be positive, got {temperature}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise BudgetLMError(f"--temperature must be a positive finite number, got {temperature}")
     logits = logits / temperature
     if top_k and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -84,6 +98,7 @@ def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, max_n
                 temperature: float | None = 0.8, top_k: int = 0, top_p: float = 0.95, seed: int = 0,
                 logits_hook: LogitsHook | None = None) -> Sample:
     """A story continuing `prompt`; the end-of-text token in front marks a story start, as in training."""
+    check_sampling(temperature, top_k, top_p, max_new_tokens)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     prompt_ids = [tokenizer.eot_id] + tokenizer.encode(prompt)

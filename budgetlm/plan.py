@@ -279,6 +279,18 @@ def train_settings(c: Candidate, gpu: GPUSpec, n_gpus: int, seq_len: int, time_t
     return train, steps
 
 
+def _check_numbers(**values: float | None) -> None:
+    """Every given number finite (NaN slips through < and > checks) and not negative; errors name the flag."""
+    for name, v in values.items():
+        if v is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise BudgetLMError(f"{flag} must be a finite number, got {v!r}")
+        if v < 0 or (v == 0 and name != "loss_tolerance"):
+            raise BudgetLMError(f"{flag} must be positive, got {v}")
+
+
 def make_plan(gpu: str | GPUSpec = "h100", n_gpus: int = 1, tokens: str | float | None = None,
               time_budget: str | float = "24h", goal: str = "compute-optimal", params: str | float | None = None,
               family: str = "gpt2", seq_len: int = 1024, mfu: float = 0.40, tflops: float | None = None,
@@ -287,6 +299,9 @@ def make_plan(gpu: str | GPUSpec = "h100", n_gpus: int = 1, tokens: str | float 
               data_dir: str | None = None, fused_loss: bool | None = None) -> Plan:
     """Estimate every candidate of the family and recommend one for `goal` (see module docstring).
     recompute: 0 off, 1 MLPs, 2 (or True) whole blocks, as TrainConfig.recompute."""
+    _check_numbers(tflops=tflops, mem_gb=mem_gb, mfu=mfu, loss_tolerance=loss_tolerance, max_epochs=max_epochs)
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+        raise BudgetLMError(f"--vocab must be a positive whole number, got {vocab_size!r}")
     spec = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu, tflops, mem_gb)
     if goal not in GOALS:
         raise BudgetLMError(f"--goal must be one of {', '.join(GOALS)}, got {goal!r}")
@@ -524,25 +539,27 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `plan` verb to budgetlm's subparsers; its `fn` takes the parsed args."""
+    from budgetlm.checks import number
     sp = subparsers.add_parser("plan", help="what a budget buys: model size, memory, speed, tokens, a config")
     sp.add_argument("--gpu", default="h100", help="a100-40gb, a100-80gb, h100, h100-pcie, h200, mi300x, rtx3090, "
                     "rtx4090, m1..m4, cpu or custom (with --tflops and --mem-gb)")
-    sp.add_argument("--gpus", type=int, default=1, help="number of GPUs")
+    sp.add_argument("--gpus", type=number(int, min=1), default=1, help="number of GPUs")
     sp.add_argument("--tokens", help="tokens of data available, e.g. 14.6B (default: unlimited)")
     sp.add_argument("--time", default="24h", help="wall-clock budget: 24h, 90m, 1h30m")
     sp.add_argument("--goal", choices=GOALS, default="compute-optimal")
     sp.add_argument("--params", help="model size for --goal fixed-params, e.g. 1.5B")
     sp.add_argument("--family", choices=sorted(LADDERS), default="gpt2")
-    sp.add_argument("--seq-len", type=int, default=1024)
-    sp.add_argument("--vocab", type=int, help="vocabulary size (default: 50257 gpt2, 32000 llama)")
-    sp.add_argument("--mfu", type=float, default=0.40, help="assumed model FLOPs utilization")
-    sp.add_argument("--tflops", type=float, help="peak dense bf16 TFLOP/s (custom GPU, or override)")
-    sp.add_argument("--mem-gb", type=float, help="memory per GPU in GB (custom GPU, or override)")
+    sp.add_argument("--seq-len", type=number(int, min=1), default=1024)
+    sp.add_argument("--vocab", type=number(int, min=1), help="vocabulary size (default: 50257 gpt2, 32000 llama)")
+    sp.add_argument("--mfu", type=number(float, positive=True, max=1.0), default=0.40,
+                    help="assumed model FLOPs utilization")
+    sp.add_argument("--tflops", type=number(float, positive=True), help="peak dense bf16 TFLOP/s (custom GPU, or override)")
+    sp.add_argument("--mem-gb", type=number(float, positive=True), help="memory per GPU in GB (custom GPU, or override)")
     sp.add_argument("--sharding", choices=SHARDINGS, default="none")
     sp.add_argument("--recompute", type=int, nargs="?", const=2, default=0, choices=(0, 1, 2),
                     help="activation recompute: 1 MLPs, 2 whole blocks (bare flag: 2)")
     sp.add_argument("--fused-loss", action="store_true", help="assume the chunked loss head (less memory)")
-    sp.add_argument("--loss-tolerance", type=float, default=0.02, help="inference-optimal: loss allowed above the best")
+    sp.add_argument("--loss-tolerance", type=number(float, min=0.0), default=0.02, help="inference-optimal: loss allowed above the best")
     sp.add_argument("--measure", action="store_true", help="time real steps of the small candidates here")
     sp.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                     help="with --measure: compile as the trainer would (auto: on CUDA only)")

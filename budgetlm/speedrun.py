@@ -4,6 +4,7 @@ command whose budget covers all of it (data preparation included).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -174,6 +175,8 @@ def _apply_overrides(setup: Setup, overrides: dict) -> None:
         if target is None:
             raise BudgetLMError(f"speedrun: unknown override {k!r}")
         setattr(target, k, v)
+    # Rebuilt, so the overrides pass the same checks as any config (e.g. n_embd divisible by n_head).
+    setup.model, setup.train = dataclasses.replace(setup.model), dataclasses.replace(setup.train)
     if {"batch_size", "seq_len"} & set(given):
         setup.train.total_batch_tokens = None
     setup.model.block_size = max(setup.model.block_size, setup.train.seq_len)

@@ -329,7 +329,14 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         check_spec(spec)
     if args.out:
         spec.out = args.out
-    run_sweep(spec, dry_run=args.dry_run)
+    from budgetlm.checks import out_dir
+    out_dir(spec.out, "--out" if args.out else f"[sweep] out in {args.config}")
+    result = run_sweep(spec, dry_run=args.dry_run)
+    if result.rows and result.failed == len(result.rows):  # nothing to compare: the sweep itself failed
+        first = next((str(r["error"]).splitlines()[0] for r in result.rows if r.get("error")), "see the run logs")
+        raise BudgetLMError(f"all {result.failed} of {len(result.rows)} runs failed; first error: {first}")
+    if result.failed:
+        print(f"note: {result.failed} of {len(result.rows)} runs failed (see results.csv)")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

@@ -81,6 +81,8 @@ def prepare(src: str, tokenizer: str | None, out_dir: str | Path, max_tokens: in
     split hold out the last `val_frac` of the documents read. tokenizer None = bpe:4096.
     `fineweb-edu` (with `sample`, default 10BT) goes to data/fineweb.py: GPT-2, llm.c shard layout.
     """
+    if shard_tokens < 1:  # a zero-token shard never fills: the writer would loop forever
+        raise BudgetLMError(f"--shard-tokens must be positive, got {shard_tokens}")
     if src == "fineweb-edu":
         if tokenizer not in (None, "gpt2"):
             raise BudgetLMError(f"--data fineweb-edu is tokenized with GPT-2 (llm.c's shards); drop --tokenizer {tokenizer}")

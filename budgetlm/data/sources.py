@@ -54,12 +54,12 @@ def is_data_file(path: Path) -> bool:
     return fmt in TEXT_SUFFIXES and not (comp and fmt == ".parquet")
 
 
-def open_text(path: Path):
-    """A UTF-8 text stream over a plain or compressed file; decompression happens as it is read."""
+def open_bytes(path: Path):
+    """A byte stream over a plain or compressed file; decompression happens as it is read."""
     comp = data_suffix(path)[1]
     if not comp:
         _check_readable(path)
-        return open(path, encoding="utf-8", errors="strict")
+        return open(path, "rb")
     if not path.exists():
         raise BudgetLMError(f"{path}: file not found")
     if comp == ".zst":
@@ -67,12 +67,16 @@ def open_text(path: Path):
             import zstandard
         except ImportError:
             raise BudgetLMError(f"{path}: reading .zst files needs the 'zstandard' package (pip install zstandard)") from None
-        import io
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-        return io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
     import gzip
     import lzma
-    return (lzma.open if comp == ".xz" else gzip.open)(path, "rt", encoding="utf-8", errors="strict")
+    return (lzma.open if comp == ".xz" else gzip.open)(path, "rb")
+
+
+def open_text(path: Path):
+    """A UTF-8 text stream over a plain or compressed file (open_bytes, decoded strictly)."""
+    import io
+    return io.TextIOWrapper(open_bytes(path), encoding="utf-8", errors="strict")
 
 
 def iter_txt(path: Path) -> Iterator[str]:
@@ -83,11 +87,11 @@ def iter_txt(path: Path) -> Iterator[str]:
 class _opened:
     """open_text as a context manager whose decompression errors become one clear line."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, binary: bool = False) -> None:
+        self.path, self.binary = path, binary
 
     def __enter__(self):
-        self.f = open_text(self.path)
+        self.f = open_bytes(self.path) if self.binary else open_text(self.path)
         return self.f
 
     def __exit__(self, kind, err, tb):
@@ -108,10 +112,7 @@ def _is_decompress_error(err: BaseException) -> bool:
 def iter_stream(f, name: str) -> Iterator[str]:
     """Documents from an open text stream, read in 1 MB chunks; a document is yielded only
     once it is complete."""
-    try:
-        head = f.read(_CHUNK)
-    except UnicodeDecodeError as e:
-        raise BudgetLMError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    head = _read(f, name)
     if not head.strip():
         raise BudgetLMError(f"{name}: file is empty")
     if "\x00" in head:
@@ -119,7 +120,7 @@ def iter_stream(f, name: str) -> Iterator[str]:
     use_eot = EOT in head
     pending = head
     while True:
-        chunk = f.read(_CHUNK)
+        chunk = _read(f, name)
         if not chunk:
             break
         pending += chunk
@@ -131,6 +132,14 @@ def iter_stream(f, name: str) -> Iterator[str]:
                 yield part.strip()
         pending = parts[-1] + pending[len(body):]
     yield from split_text(pending)
+
+
+def _read(f, name: str) -> str:
+    """The next chunk; a bad byte anywhere in the file (not only the first chunk) names the file."""
+    try:
+        return f.read(_CHUNK)
+    except UnicodeDecodeError as e:
+        raise BudgetLMError(f"{name}: not UTF-8 text ({e.reason}, byte {e.start} of a 1 MB chunk)") from None
 
 
 def _check_readable(path: Path) -> None:
@@ -150,14 +159,21 @@ def _check_readable(path: Path) -> None:
 
 
 def iter_jsonl(path: Path, field: str = "text") -> Iterator[str]:
-    with _opened(path) as f:
-        for lineno, line in enumerate(f, 1):
+    with _opened(path, binary=True) as f:  # decoded line by line, so a bad byte names its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BudgetLMError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
             if not line.strip():
                 continue
             try:
                 text = json.loads(line)[field]
             except (ValueError, KeyError, TypeError):
                 raise BudgetLMError(f"{path}:{lineno}: expected a JSON object with a '{field}' field") from None
+            if text is not None and not isinstance(text, str):
+                raise BudgetLMError(f"{path}:{lineno}: the '{field}' field must be a string, got "
+                                    f"{type(text).__name__}")
             if text and text.strip():
                 yield text.strip()
 
@@ -173,6 +189,8 @@ def iter_parquet(path: Path, column: str = "text") -> Iterator[str]:
         raise BudgetLMError(f"{path}: parquet has no '{column}' column (columns: {', '.join(pf.schema_arrow.names)})")
     for batch in pf.iter_batches(columns=[column], batch_size=1024):
         for text in batch.column(0).to_pylist():
+            if text is not None and not isinstance(text, str):
+                raise BudgetLMError(f"{path}: column '{column}' must hold strings, got {type(text).__name__}")
             if text and text.strip():
                 yield text.strip()
 

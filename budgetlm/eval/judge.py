@@ -40,6 +40,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from budgetlm.errors import BudgetLMError
 
@@ -145,6 +146,27 @@ def parse_reply(text: str, with_prompt: bool = True) -> dict[str, Any]:
     return result
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+
+
+class _SameOriginAuthRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but sends the Authorization header only to the origin it was meant for:
+    urllib copies every header to the new URL, which would hand the API key to another host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(new.full_url) != _origin(req.full_url):
+            for name in [k for k in new.headers if k.lower() == "authorization"]:
+                del new.headers[name]
+            new.unredirected_hdrs.pop("Authorization", None)
+        return new
+
+
+_OPENER = urllib.request.build_opener(_SameOriginAuthRedirect)
+
+
 class Judge:
     """Scores stories with an LLM behind an OpenAI-compatible chat endpoint.
 
@@ -182,7 +204,7 @@ class Judge:
 
     def __repr__(self) -> str:
         key = "set" if self._api_key else "none"
-        return f"Judge(url={self.url!r}, model={self.model!r}, api_key={key}, cache={str(self.cache_path)!r})"
+        return f"Judge(url={self._redact(self.url)!r}, model={self.model!r}, api_key={key}, cache={str(self.cache_path)!r})"
 
     def cache_key(self, story: str, prompt: str = "") -> str:
         payload = json.dumps([self.model, RUBRIC_VERSION, prompt, story], ensure_ascii=False)
@@ -196,12 +218,13 @@ class Judge:
             for line in f:
                 try:  # a line cut short by a crash is skipped, not fatal
                     rec = json.loads(line)
-                    cache[rec["key"]] = rec["reply"]
+                    cache[rec["key"]] = self._redact(rec["reply"])
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue
         return cache
 
     def _store(self, key: str, reply: str) -> None:
+        reply = self._redact(reply)  # an endpoint echoing the request must not put the key on disk
         self._cache[key] = reply
         if self.cache_path is None:
             return
@@ -222,17 +245,17 @@ class Judge:
         for attempt in range(self.max_tries):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            log.debug("judge POST %s model=%s attempt %d", self.url, self.model, attempt + 1)
+            log.debug("judge POST %s model=%s attempt %d", self._redact(self.url), self.model, attempt + 1)
             req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                with _OPENER.open(req, timeout=self.timeout) as resp:
                     raw = resp.read()
             except urllib.error.HTTPError as e:
                 detail = self._redact(e.read(300).decode("utf-8", "replace")).strip()
                 last = f"HTTP {e.code}" + (f": {detail}" if detail else "")
                 if e.code in _RETRY_STATUS:
                     continue
-                raise BudgetLMError(f"judge endpoint {self.url} returned {last}") from None
+                raise BudgetLMError(f"judge endpoint {self._redact(self.url)} returned {last}") from None
             except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 reason = getattr(e, "reason", e)
                 last = f"connection error: {self._redact(str(reason))}"
@@ -241,8 +264,9 @@ class Judge:
                 return json.loads(raw)["choices"][0]["message"]["content"] or ""
             except (ValueError, KeyError, IndexError, TypeError):
                 snippet = self._redact(raw[:200].decode("utf-8", "replace"))
-                raise BudgetLMError(f"judge endpoint {self.url} sent an unexpected response: {snippet!r}") from None
-        raise BudgetLMError(f"judge endpoint {self.url} failed after {self.max_tries} tries; last: {last}")
+                raise BudgetLMError(f"judge endpoint {self._redact(self.url)} sent an unexpected response: "
+                                    f"{snippet!r}") from None
+        raise BudgetLMError(f"judge endpoint {self._redact(self.url)} failed after {self.max_tries} tries; last: {last}")
 
     def score(self, story: str, prompt: str = "") -> dict[str, Any]:
         """Scores for one story (from cache when this exact request was judged before)."""

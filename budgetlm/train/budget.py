@@ -31,13 +31,20 @@ class Budget:
         return spent / self.amount
 
 
+def _number(digits: str, text: str) -> float:
+    try:  # "1..2" matches the digit class but is no number
+        return float(digits)
+    except ValueError:
+        raise BudgetLMError(f"--budget {text!r}: {digits!r} is not a number") from None
+
+
 def parse_budget(text: str) -> Budget:
     """'5m', '2h', '300s', '1h30m', '50M-tokens', '1000-steps', '2.5k-steps'."""
     s = str(text).strip().lower().replace("_", "").replace(",", "")
     m = re.fullmatch(r"([\d.]+)\s*([kmbg]?)[- ]?(tokens?|steps?)", s)
     if m:
         kind = "tokens" if m.group(3).startswith("token") else "steps"
-        amount = float(m.group(1)) * _SCALE[m.group(2)]
+        amount = _number(m.group(1), text) * _SCALE[m.group(2)]
     else:
         parts = re.findall(r"([\d.]+)\s*(sec|min|s|m|h|d)", s)
         if not parts or "".join(f"{a}{u}" for a, u in parts) != s.replace(" ", ""):
@@ -45,7 +52,7 @@ def parse_budget(text: str) -> Budget:
                 raise BudgetLMError(f"--budget {text!r}: add a unit: 300s, 5m, 2h, 50M-tokens or 1000-steps")
             raise BudgetLMError(f"--budget {text!r}: expected a time (300s, 5m, 2h, 1h30m), "
                                 f"N-tokens (50M-tokens) or N-steps (1000-steps)")
-        kind, amount = "time", sum(float(a) * _UNITS[u] for a, u in parts)
+        kind, amount = "time", sum(_number(a, text) * _UNITS[u] for a, u in parts)
     if not amount > 0 or math.isinf(amount):
         raise BudgetLMError(f"--budget {text!r}: must be positive")
     if kind == "steps" and amount != int(amount):
