@@ -212,7 +212,8 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
     _apply_overrides(setup, overrides or {})
     setup.train.out_dir, setup.train.seed = out_dir, seed
     # Training starts on the first shard; train() stops the producer when it ends or fails.
-    ddir = start_data(src, setup.tokenizer, b, pick_device(device).type, Path(cache_root), log)
+    expected = ((setup.sizing or {}).get("choice") or {}).get("predicted_tokens_per_s", 0.0)
+    ddir = start_data(src, setup.tokenizer, b, pick_device(device).type, Path(cache_root), log, expected_rate=expected)
     prep_seconds = clock.elapsed()
     log(f"setup: {setup.why}")
     if auto:
@@ -245,7 +246,8 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
     return info, samples
 
 
-def start_data(src: str, tokenizer: str, b, device_type: str, cache_root: Path, log=print) -> Path:
+def start_data(src: str, tokenizer: str, b, device_type: str, cache_root: Path, log=print,
+               expected_rate: float = 0.0) -> Path:
     """The data folder, ready for the first step: a complete cached stream is reused as it is; otherwise
     a background producer tokenizes the source (continuing a partial cache) while training runs, and
     this returns once tokenizer, validation split and the first train shard exist."""
@@ -260,7 +262,8 @@ def start_data(src: str, tokenizer: str, b, device_type: str, cache_root: Path, 
     # (measured on a loaded 2-core CPU: 12 MB of BPE sample took 14 s, 4 MB 2.4 s); the final eval of a
     # run too slow to measure its eval speed scores all validation tokens, so they stay ~1 s of work.
     small = dict(sample_chars=4_000_000, shard_tokens=1 << 18, mix_chars=2_000_000, val_max_tokens=100_000)
-    spec = StreamSpec(src, tokenizer, max_tokens=max_tokens, **(small if device_type == "cpu" else {}))
+    spec = StreamSpec(src, tokenizer, max_tokens=max_tokens, expected_rate=expected_rate,
+                      **(small if device_type == "cpu" else {}))
     ddir = cache_dir(cache_root, spec)
     if not needs_producer(ddir, spec):
         log(f"using prepared data in {ddir}")

@@ -199,9 +199,9 @@ def test_train_stops_the_producer_when_it_ends_or_fails(tmp_path, corpus):
     assert "data_wait_s" in rows[0] and "data_wait_s" in json.loads((tmp_path / "run" / "summary.json").read_text())
     prod = Producer(_spec(corpus, ahead_shards=1), tmp_path / "d2").start()
     prod.wait_ready()
-    bad = TrainConfig(budget="3-steps", batch_size=4, seq_len=16, out_dir=str(tmp_path / "run2"), progress=False,
-                      lr=float("nan"))
-    with pytest.raises(Exception):
+    bad = TrainConfig(budget="3-steps", batch_size=4, seq_len=16, out_dir=str(tmp_path / "run2"), progress=False)
+    bad.lr = float("nan")  # past the config's own checks, so the run fails inside train() (AdamW refuses it)
+    with pytest.raises(ValueError, match="learning rate"):
         train(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), bad, tmp_path / "d2", log=QUIET)
     assert prod.proc.poll() is not None
 
@@ -246,3 +246,20 @@ def test_train_continues_an_unfinished_stream(tmp_path, corpus):
     info = train(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), cfg, d, log=QUIET)
     assert info.steps == steps and len(list(d.glob("train_*.bin"))) > before
     assert stream.producer_for(d) is None and not (d / PID_FILE).exists()
+
+
+def test_expected_rate_sets_the_lead_before_the_consumer_reports(tmp_path, corpus):
+    """Before training reports a rate (sizing, compile), the producer keeps only ahead_shards unless
+    told the rate to expect; told it, it runs ahead by ahead_seconds of that rate (here: to the end)."""
+    with Producer(_spec(corpus, ahead_shards=1), tmp_path / "idle") as prod:
+        prod.wait_ready()
+        time.sleep(1.0)
+        held = len(list((tmp_path / "idle").glob("train_*.bin")))
+        assert not stream.stream_complete(tmp_path / "idle")
+    with Producer(_spec(corpus, ahead_shards=1, expected_rate=1e9), tmp_path / "ahead") as prod:
+        prod.wait_ready()
+        deadline = time.time() + 60
+        while not stream.stream_complete(tmp_path / "ahead") and time.time() < deadline:
+            time.sleep(0.1)
+    assert stream.stream_complete(tmp_path / "ahead")
+    assert len(list((tmp_path / "ahead").glob("train_*.bin"))) > held

@@ -41,7 +41,7 @@ CARRY_FILE = "carry_{:06d}.bin"
 COMPRESSION_RATIO = {"": 1.0, ".xz": 3.2, ".zst": 3.0, ".gz": 2.7}
 
 
-PACING = ("max_tokens", "ahead_shards", "ahead_seconds", "threads", "batch_chars")  # not part of the cache key
+PACING = ("max_tokens", "ahead_shards", "ahead_seconds", "expected_rate", "threads", "batch_chars")  # not part of the cache key
 
 
 @dataclass
@@ -61,6 +61,11 @@ class StreamSpec:
     max_tokens: int | None = None  # stop after this many train tokens (token budgets)
     ahead_shards: int = 4
     ahead_seconds: float = 60.0
+    # tokens/s the run is expected to train at (the speedrun's sizing prediction): the lead before the
+    # consumer has reported a rate, and a floor under its early reports, which include compile time.
+    # Without it the producer idled at ahead_shards through the calibration and compile of a 2-minute
+    # H200 run, then the model waited 14% of its training time for shards.
+    expected_rate: float = 0.0
     threads: int | None = None
     batch_chars: int | None = None  # text per encode_batch call; None: 128 KB per thread, at least 1 MB
 
@@ -253,12 +258,14 @@ def _fresh_start(spec: StreamSpec, out: Path, source, log) -> tuple[object, set[
 
 
 def _throttle(spec: StreamSpec, out: Path, produced: int, parent: int | None) -> None:
-    """Wait while more than max(ahead_shards, ahead_seconds x rate) tokens are ahead of the consumer."""
+    """Wait while more than max(ahead_shards, ahead_seconds x rate) tokens are ahead of the consumer
+    (rate: its reported one, at least the expected one)."""
     while True:
         if parent is not None and os.getppid() != parent:
             raise SystemExit(0)  # the training process is gone: stop, do not linger as an orphan
         c = read_json(out / CONSUMED_FILE) or {}
-        ahead = max(spec.ahead_shards * spec.shard_tokens, c.get("rate", 0.0) * spec.ahead_seconds)
+        rate = max(c.get("rate", 0.0), spec.expected_rate)
+        ahead = max(spec.ahead_shards * spec.shard_tokens, rate * spec.ahead_seconds)
         if produced - c.get("tokens", 0) <= ahead:
             return
         time.sleep(0.05)

@@ -334,6 +334,9 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
     tok_rate = 0.0
     train_start = clock.elapsed()
     data_wait = 0.0  # seconds the loop spent getting batches (waiting for shards included)
+    # The steady training rate, to compare with `bench` of the same step: tokens after the timed
+    # warm-up steps over the loop's time less its evals, samples, checkpoints and data waits.
+    side_s, steady0 = 0.0, None  # seconds of those side activities; (time, tokens, wait, side) at the start
     session_before = clock.before  # seconds of earlier sessions: first_step_s counts from this session's start
     step_times: list[float] = []  # wall seconds of the first TIMED_STEPS steps (synchronized), for compile_s
     first_step_s = None
@@ -428,6 +431,8 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                 step_times.append(time.perf_counter() - t_step)
                 if first_step_s is None:
                     first_step_s = clock.elapsed() - session_before
+                if len(step_times) == TIMED_STEPS:  # synchronized just above: an exact start
+                    steady0 = (time.perf_counter(), session_tokens, data_wait, side_s)
             tok_rate = session_tokens / max(time.perf_counter() - session_start, 1e-9)
             if eval_speed is None and step == 3:  # time one eval batch once warm, to size the final eval
                 t = time.perf_counter()
@@ -450,19 +455,23 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                     rec["grad_norm"] = ctx.scalar(norm) if ctx.enabled else float(norm)
                 write_metrics(rec)
             if cfg.eval_every and step % cfg.eval_every == 0:
-                eval_point(cfg.eval_tokens)
+                side_s += eval_point(cfg.eval_tokens)
             elif points and points.due(max_frac) and step >= 3:  # from step 3 on: eval speed measured warm
                 # rank 0's speeds, so every rank scores the same batches; unmeasured only after a resume
                 n = points.tokens(eval_speed or ctx.broadcast_float(2 * tok_rate), max_frac)
                 if n:
-                    points.spent_s += eval_point(n)
+                    seconds = eval_point(n)
+                    points.spent_s += seconds
+                    side_s += seconds
                 points.advance(max_frac)
             if cfg.hellaswag_every and step % cfg.hellaswag_every == 0:
                 t = time.perf_counter()
                 hs = run_hellaswag()
                 hs_seconds = time.perf_counter() - t
+                side_s += hs_seconds
                 write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), **hs})
                 progress.note(f"step {step}: HellaSwag acc_norm {hs['hellaswag_acc_norm']:.4f} ({hs['hellaswag_n']} items)")
+            t_side = time.perf_counter()
             if cfg.sample_every and step % cfg.sample_every == 0 and (ctx.is_main or ctx.parallel == "fsdp"):
                 if ctx.parallel == "fsdp":  # sharded weights: every rank generates in lockstep
                     model.unshard()
@@ -474,8 +483,15 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 checkpoint()
                 saved_step = step
+            side_s += time.perf_counter() - t_side
     finally:
         progress.close()
+    synchronize(device)
+    steady_rate = None
+    if steady0 is not None and session_tokens > steady0[1]:
+        t0, tok0, wait0, side0 = steady0
+        busy = time.perf_counter() - t0 - (side_s - side0) - (data_wait - wait0)
+        steady_rate = (session_tokens - tok0) / max(busy, 1e-9)
 
     if pending_losses:
         losses.extend(torch.stack(pending_losses).tolist())
@@ -512,7 +528,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                   "model": to_dict(model_cfg), "train": to_dict(cfg),
                   "compile_s": compile_seconds(step_times, compiled), "first_step_s": first_step_s,
                   "data_wait_s": data_wait,
-                  "data_wait_frac": data_wait / max(train_seconds, 1e-9),
+                  "data_wait_frac": data_wait / max(train_seconds, 1e-9), "steady_tokens_per_s": steady_rate,
                   "data": meta}
     if cfg.hellaswag_every:
         info.extra.update({k: v for k, v in ev.items() if k.startswith("hellaswag")})
@@ -525,7 +541,8 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
     compile_s = info.extra["compile_s"]
     log((f"compile {compile_s:.1f} s; " if compile_s is not None else "compile off; ")
         + (f"first step at {first_step_s:.1f} s" if first_step_s is not None else "no step in this session"))
-    log(f"trained {step} steps, {tokens_seen:,} tokens in {train_seconds:.1f}s ({tok_rate:,.0f} tok/s); "
+    steady = f", steady {steady_rate:,.0f}" if steady_rate else ""
+    log(f"trained {step} steps, {tokens_seen:,} tokens in {train_seconds:.1f}s ({tok_rate:,.0f} tok/s{steady}); "
         f"data wait {data_wait:.1f}s ({data_wait / max(train_seconds, 1e-9):.1%}); "
         f"final eval {eval_seconds:.1f}s + checkpoint {ckpt_seconds:.1f}s; total {clock.elapsed():.1f}s of budget {budget}")
     return info
