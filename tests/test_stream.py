@@ -263,3 +263,21 @@ def test_expected_rate_sets_the_lead_before_the_consumer_reports(tmp_path, corpu
             time.sleep(0.1)
     assert stream.stream_complete(tmp_path / "ahead")
     assert len(list((tmp_path / "ahead").glob("train_*.bin"))) > held
+
+
+def test_batches_gather_the_windows_the_loader_names(tmp_path, corpus):
+    """next_batch gathers whole runs of windows at once; it must equal stacking _window() one by
+    one, across shard boundaries (epoch 0) and epoch boundaries (later epochs, several ranks)."""
+    d = tmp_path / "d"
+    produce(_spec(corpus), d, log=QUIET)
+    for rank, world, batch in ((0, 1, 7), (1, 2, 5)):
+        fast = StreamLoader(d, 16, batch, seed=5, rank=rank, world=world)
+        ref = StreamLoader(d, 16, batch, seed=5, rank=rank, world=world)
+        n = 3 * sum(1 for _ in d.glob("train_*.bin")) * 3000 // (16 * batch * world) + 5  # past epoch 2
+        for _ in range(n):
+            x, y = fast.next_batch()
+            base = ref.position + ref.rank * ref.batch_size
+            rows = np.stack([ref._window(base + i) for i in range(batch)]).astype(np.int64)
+            ref.position += batch * world
+            assert np.array_equal(x.numpy(), rows[:, :-1]) and np.array_equal(y.numpy(), rows[:, 1:])
+        assert fast.epoch > 2.0
