@@ -212,3 +212,34 @@ def test_teardown_waits_for_every_rank_only_after_a_clean_run(monkeypatch):
     with DistContext(world=2, parallel="ddp", owned=True):
         pass
     assert calls == ["destroy", "barrier", "destroy"]
+
+
+def _failing_save_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    from budgetlm.errors import BudgetLMError
+    from budgetlm.train import trainer
+
+    def full_disk(*_, **__):
+        raise BudgetLMError("checkpoints: disk full (simulated)")
+    if rank == 0:  # only rank 0 writes, so only its save can fail
+        trainer.save_checkpoint = full_disk
+    try:
+        train(model_config(**MODEL), TrainConfig(**job["cfg"]), job["data"], **QUIET)
+        message = "no error"
+    except BudgetLMError as e:
+        message = str(e)
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+        f.write(message)
+    end_spawned_rank(rank, world, True)
+
+
+def test_a_failed_save_on_rank_0_stops_every_rank_with_its_message(synth_data, tmp_path):
+    """Rank 0's save error (NaN weights, full disk) reaches the other ranks instead of leaving them
+    in the next collective."""
+    import torch.multiprocessing as mp
+    job = {"cfg": cfg(tmp_path / "run", checkpoint_every=2), "data": str(synth_data)}
+    mp.spawn(_failing_save_worker, args=(2, _free_port(), job, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "checkpoints: disk full (simulated)"

@@ -25,11 +25,9 @@ TOKENIZER_TRAIN_CHARS = 20_000_000  # a BPE learns its merges from at most this 
 
 
 def _encode_docs(tok: Tokenizer, docs: list[str]) -> np.ndarray:
-    dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
-    out = []
-    for ids in tok.encode_batch(docs):
-        out.append(np.array([tok.eot_id, *ids], dtype=dtype))
-    return np.concatenate(out) if out else np.zeros(0, dtype=dtype)
+    """Each document as end-of-text + its tokens, the layout every split and stream shard uses."""
+    from budgetlm.data.stream import encode_pieces
+    return encode_pieces(tok, [(True, d) for d in docs])
 
 
 def _take_chars(it: Iterator[str], max_chars: int) -> list[str]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from budgetlm.data.prepare import _take_chars
 from budgetlm.data.shards import read_shard, write_shard
 from budgetlm.errors import BudgetLMError
 
@@ -180,14 +181,6 @@ def encode_pieces(tok, batch: list[tuple[bool, str]]) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=dtype)
 
 
-def _take_chars(it: Iterator[str], max_chars: int) -> list[str]:
-    docs, n = [], 0
-    for d in it:
-        docs.append(d)
-        n += len(d)
-        if n >= max_chars:
-            break
-    return docs
 
 
 def _choose_val(spec: StreamSpec, sample: list[str], has_val: bool) -> list[int]:

@@ -288,12 +288,18 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
         if ctx.enabled:  # collectives first (every rank), then rank 0 writes
             weights, opt_state, rngs = ctx.full_model_state(model), ctx.optimizer_state(model, optimizer), \
                 ctx.gather_objects(_rng_state())
+            error = None
             if ctx.is_main:
                 state = {"optimizer": opt_state, "loader": loader.state_dict(), "step": step, "tokens": tokens_seen,
                          "max_frac": max_frac, "losses": losses, "elapsed": clock.elapsed(), "rng": rngs[0],
                          "rng_ranks": rngs, "world": ctx.world, "budget": cfg.budget, "train_config": to_dict(cfg)}
-                save_checkpoint(ckpt_root, step, model, model_cfg, tokenizer, state, weights=weights)
-            ctx.barrier()
+                try:
+                    save_checkpoint(ckpt_root, step, model, model_cfg, tokenizer, state, weights=weights)
+                except BudgetLMError as e:  # NaN weights, a full disk: every rank stops with rank 0's message
+                    error = str(e)
+            error = ctx.gather_objects(error)[0]  # also the barrier: no rank goes on before the save ends
+            if error:
+                raise BudgetLMError(error)
             return time.perf_counter() - t
         state = {"optimizer": optimizer.state_dict(), "loader": loader.state_dict(), "step": step,
                  "tokens": tokens_seen, "max_frac": max_frac, "losses": losses, "elapsed": clock.elapsed(),
