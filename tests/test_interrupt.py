@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from budgetlm.config import TrainConfig, from_dict, model_config
+from budgetlm.config import TrainConfig, from_dict
 from budgetlm.train import checkpoint as ckpt_mod
 from budgetlm.train.interrupt import RunStopped, StopSignals
 from budgetlm.train.trainer import train
+from test_train import cfg, tiny_model  # the exact-resume test's model and config
 
 QUIET = dict(log=lambda *_: None)
 # A budget far beyond what runs: the schedule is fixed, and --stop-after-steps ends the reference.
@@ -93,15 +94,6 @@ def test_signal_stops_with_checkpoint_and_resume_is_exact(synth_data, tmp_path, 
     assert ckpt_mod.load_checkpoint(out)[4]["losses"] == reference
 
 
-def tiny_model():
-    return model_config(n_layer=2, n_head=2, n_embd=32)
-
-
-def cfg(out, **kw):
-    base = dict(budget="12-steps", batch_size=4, seq_len=32, lr=3e-3, out_dir=str(out), progress=False,
-                log_every=1, final_eval_tokens=2048, seed=7)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def test_ctrl_c_mid_step_stops_at_the_step_boundary(synth_data, tmp_path):

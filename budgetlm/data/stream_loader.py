@@ -36,6 +36,7 @@ class StreamLoader:
         self.complete = False
         self._perms: dict[int, np.ndarray] = {}
         self._all, self._epoch, self._order, self._offset = None, -1, None, 0
+        self._flat_tokens: np.ndarray | None = None  # all train tokens at once, for later epochs (_flat)
         self._t0, self._last_report = None, 0.0
 
     def _shard_windows(self, n: int) -> int:
@@ -134,7 +135,7 @@ class StreamLoader:
 
     def _flat(self) -> np.ndarray | None:
         """All train tokens as one array once the stream is complete (at most 2^30 tokens)."""
-        if getattr(self, "_flat_tokens", None) is None:
+        if self._flat_tokens is None:
             if sum(s.size for s in self.shards) > 1 << 30:
                 return None
             self._flat_tokens = np.concatenate([np.asarray(s) for s in self.shards])
