@@ -4,6 +4,7 @@ NaN weights never latest, write failures cleaned up, sweeps that never delete a 
 
 import errno
 import json
+import time
 import math
 import random
 import shutil
@@ -411,3 +412,22 @@ def test_sweep_never_deletes_a_run_with_only_broken_checkpoints(sweep_copy):
     res = run_sweep(load_sweep(config), log=lambda *_: None)
     assert res.rows[0]["status"] == "failed" and "not retrained, its checkpoints are kept" in res.rows[0]["error"]
     assert step(run_dir, 4).is_dir() and (run_dir / "metrics.jsonl").is_file()
+
+
+def test_an_oversized_config_is_refused_before_any_model_is_built(run, synth_data, capsys):
+    """An edited config.json asking for a 94 GB model (48 x 6400) is compared with its weights
+    file on the meta device first: one clear line, no allocation, and with no intact checkpoint
+    left, no fallback either."""
+    from budgetlm.train.manifest import write_manifest
+    for n in (4, 8):
+        path = step(run, n) / "config.json"
+        data = json.loads(path.read_text())
+        data["model"].update(n_layer=48, n_embd=6400, n_head=50)
+        path.write_text(json.dumps(data))
+        manifest = step(run, n) / "manifest.json"  # consistent, as whoever wrote the config would make it
+        write_manifest(step(run, n), json.loads(manifest.read_text())["files"])
+    t0 = time.perf_counter()
+    assert cli.main(["eval", str(run), "--data", str(synth_data), "--device", "cpu"]) == 2
+    assert time.perf_counter() - t0 < 30
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.json describes a model of 23,601,881,600 parameters" in err[0]

@@ -327,10 +327,22 @@ def _load_state(ckpt: Path) -> dict[str, Any] | None:
     return None
 
 
+def _check_config_fits_weights(ckpt: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
+    """Before anything builds the model: a config.json that asks for more parameters than its
+    weights file holds is not this checkpoint's (an edited one asked for a 51.5 GB model). The count
+    comes from a build on the meta device, which allocates nothing."""
+    from budgetlm.memory import count_params
+    needed, stored = count_params(cfg), sum(t.numel() for t in weights.values())
+    if needed > stored:
+        raise BudgetLMError(f"{ckpt / 'config.json'} describes a model of {needed:,} parameters, but "
+                            f"{ckpt / WEIGHTS} holds {stored:,}: the config does not belong to these weights")
+
+
 def _read(ckpt: Path, with_state: bool):
     try:
         cfg = load_model_config(ckpt)
         weights = load_file(str(ckpt / WEIGHTS))
+        _check_config_fits_weights(ckpt, cfg, weights)
         tok = load_tokenizer(ckpt / TOKENIZER_FILE)
         state = _load_state(ckpt) if with_state else None
     except UnsafeCheckpointError:
