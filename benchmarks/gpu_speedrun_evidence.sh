@@ -106,6 +106,40 @@ short)
     "$R/nanogpt/score.json" "$R/nanogpt/bins.json" "$R/nanogpt_train_tail.log" "$R/s2m.hellaswag.json" \
     "$R/s2m.bench.log" "$R/bench_rows.jsonl" "$DDIR/meta.json" 2>&1 | tail -3
   ;;
+ten1)
+  # The 10-minute pair alone (the 2m set was measured in an earlier session), three chained calls:
+  # ten1 starts the 10m speedrun cold and keeps the machine; ten2 scores it (HellaSwag, bench of its
+  # shape) and only then starts nanoGPT for 600 s on the same tokens, so nothing shares its GPU;
+  # ten3 waits for nanoGPT and scores it on the same held-out books.
+  nvidia-smi --query-gpu=name,power.limit --format=csv,noheader
+  $PY -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
+  rm -rf data_cache "$R"/s10m "$R"/nanogpt
+  setsid nohup $PY -m budgetlm speedrun --budget 10m --data "$DATA" --out "$R/s10m" --no-progress \
+    > "$R/s10m.log" 2>&1 < /dev/null &
+  idle_until_limit "$R/s10m/summary.json"
+  tail -5 "$R/s10m.log"
+  ;;
+ten2)
+  wait_for "$R/s10m/summary.json" || { echo "10m run not finished"; tail -20 "$R/s10m.log"; exit 1; }
+  while pgrep -f "speedrun --budget 10m" > /dev/null; do sleep 2; done  # samples come after the summary
+  tail -12 "$R/s10m.log"
+  DDIR=$($PY -c "import json,sys; print(json.load(open('$R/s10m/summary.json'))['data_dir'])")
+  hellaswag "$R/s10m"
+  bench_run "$R/s10m"
+  $PY benchmarks/nanogpt_anchor.py bins "$DDIR" "$R/nanogpt" > /dev/null && echo "$DDIR" > "$R/nanogpt/data_dir"
+  setsid nohup $PY benchmarks/nanogpt_anchor.py run .devcarry/nanogpt "$R/nanogpt" --seconds "${NANOGPT_SECONDS:-600}" \
+    --tok-per-s auto > "$R/nanogpt.log" 2>&1 < /dev/null &
+  cp "$R/s10m.log" "$R/s10m/summary.json" "$R/s10m.hellaswag.json" "$R/s10m.bench.log" "$R/bench_rows.jsonl" "$OUT/" 2>/dev/null
+  [ -f "$R/s10m/samples.json" ] && cp "$R/s10m/samples.json" "$OUT/s10m_samples.json"
+  cp "$R/s10m/metrics.jsonl" "$OUT/s10m_metrics.jsonl"
+  idle_until_limit "$R/nanogpt/run.json"
+  ;;
+ten3)
+  wait_for "$R/nanogpt/run.json" || { echo "nanoGPT not finished"; tail -20 "$R/nanogpt.log"; exit 1; }
+  $PY benchmarks/nanogpt_anchor.py score "$R/nanogpt" "$(cat "$R/nanogpt/data_dir")" | tee "$R/nanogpt_score.log"
+  cp "$R/nanogpt/run.json" "$R/nanogpt/score.json" "$R/nanogpt/bins.json" "$OUT/" 2>/dev/null
+  tail -40 "$R/nanogpt/train.log" > "$OUT/nanogpt_train_tail.log"
+  ;;
 *)
-  echo "usage: $0 a|b|c|short"; exit 2 ;;
+  echo "usage: $0 a|b|c|short|ten1|ten2|ten3"; exit 2 ;;
 esac
