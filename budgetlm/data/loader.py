@@ -62,14 +62,23 @@ class BatchLoader:
         self.position, self.seed = state["position"], state["seed"]
 
 
-def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: int = 0):
-    """Non-overlapping windows over the validation tokens, in order (deterministic)."""
-    n = (tokens.size - 1) // seq_len
-    if max_tokens:
-        n = min(n, max(1, max_tokens // seq_len))
-    if n == 0:
-        raise BudgetLMError(f"validation split has {tokens.size} tokens; need more than seq_len+1 = {seq_len + 1}")
-    for i in range(0, n, batch_size):
-        rows = [tokens[j * seq_len:j * seq_len + seq_len + 1] for j in range(i, min(n, i + batch_size))]
+def eval_windows(n_tokens: int, seq_len: int, max_tokens: int = 0) -> np.ndarray:
+    """Start indices (in windows of seq_len) of the validation windows an eval scores: all of them, or,
+    capped by max_tokens, that many spread evenly over the whole split, so a short eval samples
+    every held-out book rather than the first one, and every capped eval scores the same text."""
+    total = (n_tokens - 1) // seq_len
+    if total == 0:
+        raise BudgetLMError(f"validation split has {n_tokens} tokens; need more than seq_len+1 = {seq_len + 1}")
+    n = min(total, max(1, max_tokens // seq_len)) if max_tokens else total
+    return (np.arange(n, dtype=np.int64) * total) // n
+
+
+def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: int = 0,
+                 windows: np.ndarray | None = None):
+    """Non-overlapping windows over the validation tokens (eval_windows, or the given ones), in order."""
+    if windows is None:
+        windows = eval_windows(tokens.size, seq_len, max_tokens)
+    for i in range(0, len(windows), batch_size):
+        rows = [tokens[j * seq_len:j * seq_len + seq_len + 1] for j in windows[i:i + batch_size]]
         t = torch.from_numpy(np.stack(rows).astype(np.int64))
         yield t[:, :-1], t[:, 1:]

@@ -25,8 +25,11 @@ from budgetlm.data.loader import eval_batches
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, tokens: np.ndarray, token_bytes: np.ndarray, seq_len: int,
              batch_size: int, device: torch.device, max_tokens: int = 0, autocast=None,
-             logits_fn=None) -> dict[str, float]:
+             logits_fn=None, windows: np.ndarray | None = None) -> dict[str, float]:
     """Mean loss (nats/token over all targets), perplexity, and bits per byte.
+
+    max_tokens caps the windows scored, spread over the whole split (data.loader.eval_windows);
+    windows names them explicitly (one rank's share of a sharded eval).
 
     logits_fn(model, x) -> log-probabilities lets fusion and other heads be scored the same way.
     """
@@ -36,7 +39,7 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, token_bytes: np.ndarray
     loss_sum = loss_text = bytes_sum = 0.0
     n_tok = 0
     bound = logits_fn is None and hasattr(model, "nll_bound")
-    for i, (x, y) in enumerate(eval_batches(tokens, seq_len, batch_size, max_tokens)):
+    for i, (x, y) in enumerate(eval_batches(tokens, seq_len, batch_size, max_tokens, windows)):
         x, y = x.to(device), y.to(device)
         with autocast or nullcontext():
             if bound:  # per-position bound terms; seeded by batch so the result is deterministic

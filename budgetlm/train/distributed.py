@@ -194,11 +194,11 @@ class DistContext:
                  seq_len: int, max_tokens: int, **kw: Any) -> dict[str, float]:
         """Validation windows split over ranks, sums all-reduced. FSDP needs the same number of forward
         passes on every rank, so there each rank gets n // world windows (or all n when n < world)."""
-        n = (tokens.size - 1) // seq_len
-        if max_tokens:
-            n = min(n, max(1, max_tokens // seq_len))
+        from budgetlm.data.loader import eval_windows
+        windows = eval_windows(tokens.size, seq_len, max_tokens)  # the same windows as one process scores
+        n = len(windows)
         if self.parallel == "fsdp" and n < self.world:
-            return evaluate_fn(model, tokens, seq_len=seq_len, max_tokens=n * seq_len, **kw)
+            return evaluate_fn(model, tokens, seq_len=seq_len, windows=windows, **kw)
         if self.parallel == "fsdp":
             per = n // self.world
             lo, hi = self.rank * per, (self.rank + 1) * per
@@ -206,7 +206,7 @@ class DistContext:
             lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
         sums = [0.0, 0.0, 0.0, 0.0, 0.0]
         if hi > lo:
-            r = evaluate_fn(model, tokens[lo * seq_len:hi * seq_len + 1], seq_len=seq_len, max_tokens=0, **kw)
+            r = evaluate_fn(model, tokens, seq_len=seq_len, windows=windows[lo:hi], **kw)
             sums = [r["val_loss"] * r["val_tokens"], r["val_bpb"] * math.log(2) * max(r["val_bytes"], 1),
                     float(r["val_bytes"]), float(r["val_tokens"]), float(bool(r.get("bound")))]
         loss_sum, loss_text, nbytes, ntok, bound = self.all_reduce_sum(sums)
