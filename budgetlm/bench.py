@@ -23,7 +23,7 @@ from budgetlm.models import build_model
 from budgetlm.models.fp8 import FP8_RECIPES, enable_fp8
 from budgetlm.models.transformer import gqa_mode, set_attention_kernel
 from budgetlm.train.distributed import DistContext, PARALLEL_MODES, setup
-from budgetlm.train.trainer import make_optimizer
+from budgetlm.train.optim import make_optimizer
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results.jsonl"
 

@@ -31,6 +31,7 @@ from budgetlm.train.budget import lr_at, parse_budget
 from budgetlm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from budgetlm.train.distributed import DistContext, maybe_main_first, setup as setup_distributed
 from budgetlm.train.eval_points import EvalPoints
+from budgetlm.train.optim import make_optimizer
 from budgetlm.train.interrupt import RunStopped, StopSignals, signal_name
 from budgetlm.train.progress import Progress
 from budgetlm.train.runlock import hold_run_lock
@@ -40,15 +41,6 @@ from budgetlm.train.sinks import open_sinks
 LossHook = Callable[..., "torch.Tensor | None"]
 
 WARM_STEPS, TIMED_STEPS = 3, 11  # steps 1-3 compile / record CUDA graphs; 4-11 give the steady step time
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; matrices decay, vectors (biases, norms) do not. Fused kernel on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
 
 
 @dataclass
