@@ -9,7 +9,7 @@ resolves only those, so an LSTM never sees a CE kernel and a diffusion model no 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ def check_head_options(model: object, options: HeadOptions) -> None:
 
 @runtime_checkable
 class LanguageModel(Protocol):
+    cfg: Any  # its ModelConfig
     head_support: frozenset[str]  # the HeadOptions fields this model implements
 
     def num_params(self, non_embedding: bool = False) -> int: ...
