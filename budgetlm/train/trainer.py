@@ -27,7 +27,6 @@ from budgetlm.data.prepare import data_tokenizer, load_meta
 from budgetlm.data.shards import load_pattern, load_split
 from budgetlm.device import autocast_ctx, pick_device, pick_dtype, set_threads, synchronize
 from budgetlm.errors import BudgetLMError
-from budgetlm.hardware import peak_flops
 from budgetlm.models import build_model
 from budgetlm.train.budget import Budget, BudgetClock, Clock, parse_budget
 from budgetlm.train.checkpoint import load_checkpoint, load_weights
@@ -46,6 +45,14 @@ from budgetlm.train.throughput import TIMED_STEPS, WARM_STEPS, Throughput, compi
 
 # Replaces the loss (distillation and the like): (step, frac, x, y, logits, loss) -> loss, or None to keep it.
 LossHook = Callable[..., "torch.Tensor | None"]
+
+
+def _device_peak(device: torch.device) -> float | None:
+    """Peak dense FLOP/s of the device (hardware table), for MFU; None where unknown."""
+    from budgetlm.hardware import peak_flops
+    if device.type == "cuda":
+        return peak_flops(torch.cuda.get_device_name(device))
+    return None
 
 
 def _check_val_split(n_tokens: int, cfg: TrainConfig, data_dir: str | Path) -> None:
@@ -259,7 +266,7 @@ def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: B
                run_model, optimizer, loss_hook, state, bclock, checkpointer, evaluator, points,
                Progress(budget, enabled=cfg.progress and ctx.is_main), Throughput.start(clock), sinks, n_params,
                fpt, model.flops_per_token_full_attention(cfg.seq_len),
-               peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None,
+               _device_peak(device),
                stop_after_steps, log)
 
 
