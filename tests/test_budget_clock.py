@@ -129,3 +129,17 @@ def test_parse_budget_counts_use_parse_count():
     with pytest.raises(BudgetLMError, match="--budget '1..2-tokens'"):
         parse_budget("1..2-tokens")
     assert parse_count(None, "--max-tokens") is None
+
+
+def test_a_parsed_budget_keeps_its_text_and_is_not_parsed_again(monkeypatch):
+    from budgetlm import speedrun
+    from budgetlm.train.budget import Clock, as_budget
+    b, steps = parse_budget("1h30m"), parse_budget("100-steps")
+    assert (b.text, b.amount) == ("1h30m", 5400) and b == Budget("time", 5400)
+    assert as_budget(b) is b and as_budget("5m") == Budget("time", 300)
+
+    def no_parse(text):
+        raise AssertionError(f"parsed {text!r} again")
+    monkeypatch.setattr(speedrun, "parse_budget", no_parse)  # (TrainConfig still checks its text)
+    setup = speedrun._sized_setup(steps, "cpu", None, "measured", "synth", None, Clock(), print)
+    assert setup.train.budget == "100-steps"  # the user's text, for the checkpoint's resume check

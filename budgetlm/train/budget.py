@@ -21,6 +21,7 @@ _SCALE = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 class Budget:
     kind: str  # time | tokens | steps
     amount: float  # seconds, tokens or steps
+    text: str = field(default="", compare=False, repr=False)  # as the user wrote it (TrainConfig.budget)
 
     def __str__(self) -> str:
         if self.kind == "time":
@@ -78,7 +79,12 @@ def parse_budget(text: str) -> Budget:
         raise BudgetLMError(f"--budget {text!r}: must be positive")
     if kind == "steps" and amount != int(amount):
         raise BudgetLMError(f"--budget {text!r}: steps must be a whole number")
-    return Budget(kind, amount)
+    return Budget(kind, amount, str(text))
+
+
+def as_budget(budget: "str | Budget") -> Budget:
+    """A budget parsed once and passed on as the object, or its text parsed here."""
+    return budget if isinstance(budget, Budget) else parse_budget(budget)
 
 
 def lr_at(frac: float, lr: float, schedule: str = "cosine", warmup_frac: float = 0.05,
