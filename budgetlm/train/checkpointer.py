@@ -17,7 +17,7 @@ import torch
 from budgetlm.config import ModelConfig, TrainConfig, to_dict
 from budgetlm.errors import BudgetLMError
 from budgetlm.train.budget import BudgetClock
-from budgetlm.train.checkpoint import save_checkpoint
+from budgetlm.train.checkpoint import load_checkpoint, save_checkpoint
 from budgetlm.train.distributed import DistContext
 
 
@@ -102,3 +102,20 @@ class Checkpointer:
         self.budget.clock.before += saved["elapsed"]
         set_rng_state(ctx.rank_rng(saved) if ctx.enabled else saved["rng"])
         self.saved_step = run.step
+
+
+def check_resume(resume: str, model_cfg: ModelConfig, cfg: TrainConfig, tokenizer: Any, data_dir: str | Path):
+    """(checkpoint path, weights, state.pt) of a checkpoint this run can continue, or a one-line error."""
+    ckpt, ck_cfg, weights, ck_tok, state = load_checkpoint(resume)
+    if ck_cfg != model_cfg:
+        diff = [k for k, v in to_dict(ck_cfg).items() if to_dict(model_cfg)[k] != v]
+        raise BudgetLMError(f"--resume {ckpt}: checkpoint model config differs in {', '.join(diff)}")
+    if ck_tok.fingerprint() != tokenizer.fingerprint():
+        raise BudgetLMError(f"--resume {ckpt}: checkpoint tokenizer ({ck_tok.spec}) does not match "
+                            f"the data's tokenizer ({tokenizer.spec}) in {data_dir}")
+    if state is None:
+        raise BudgetLMError(f"--resume {ckpt}: no state.pt (weights-only checkpoint cannot resume)")
+    if state["budget"] != cfg.budget:
+        raise BudgetLMError(f"--resume {ckpt}: checkpoint was trained with --budget {state['budget']}, "
+                            f"this run asks for {cfg.budget}")
+    return ckpt, weights, state

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -29,8 +28,8 @@ from budgetlm.device import autocast_ctx, pick_device, pick_dtype, set_threads, 
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.train.budget import Budget, BudgetClock, Clock, parse_budget
-from budgetlm.train.checkpoint import load_checkpoint, load_weights
-from budgetlm.train.checkpointer import Checkpointer, RunState
+from budgetlm.train.checkpoint import load_weights
+from budgetlm.train.checkpointer import Checkpointer, RunState, check_resume
 from budgetlm.train.distributed import DistContext, setup as setup_distributed
 from budgetlm.train.eval_points import EvalPoints
 from budgetlm.train.evaluator import Evaluator
@@ -39,9 +38,9 @@ from budgetlm.train.interrupt import RunStopped, StopSignals, signal_name
 from budgetlm.train.optim import make_optimizer
 from budgetlm.train.progress import Progress
 from budgetlm.train.runlock import hold_run_lock
-from budgetlm.train.sinks import open_sinks
+from budgetlm.train.sinks import drop_metrics_after, open_sinks
 from budgetlm.train.step import StepResult, train_step
-from budgetlm.train.throughput import TIMED_STEPS, WARM_STEPS, Throughput, compile_seconds  # noqa: F401 (re-exported)
+from budgetlm.train.throughput import Throughput, compile_seconds  # compile_seconds: also imported from here
 
 # Replaces the loss (distillation and the like): (step, frac, x, y, logits, loss) -> loss, or None to keep it.
 LossHook = Callable[..., "torch.Tensor | None"]
@@ -61,23 +60,6 @@ def _check_val_split(n_tokens: int, cfg: TrainConfig, data_dir: str | Path) -> N
         where = f"--val-shards {cfg.val_shards}" if cfg.val_shards else f"{data_dir}: the val split"
         raise BudgetLMError(f"{where} has {n_tokens} tokens; the evals need at least seq_len+1 = {cfg.seq_len + 1} "
                             f"(prepare the data with --val-frac above 0, or give --val-shards)")
-
-
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """Keep only metrics rows up to the resumed step (and no torn last line), replacing the file atomically."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and row.get("step", 0) <= step:
-            kept.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
 
 
 def _train_loader(cfg: TrainConfig, data_dir: str | Path, rank: int, world: int):
@@ -183,23 +165,6 @@ def _accum(cfg: TrainConfig, world: int) -> tuple[int, int]:
     return accum, step_micro
 
 
-def _check_resume(resume: str, model_cfg: ModelConfig, cfg: TrainConfig, tokenizer: Any, data_dir: str | Path):
-    """(checkpoint path, weights, state.pt) of a checkpoint this run can continue, or a one-line error."""
-    ckpt, ck_cfg, weights, ck_tok, state = load_checkpoint(resume)
-    if ck_cfg != model_cfg:
-        diff = [k for k, v in to_dict(ck_cfg).items() if to_dict(model_cfg)[k] != v]
-        raise BudgetLMError(f"--resume {ckpt}: checkpoint model config differs in {', '.join(diff)}")
-    if ck_tok.fingerprint() != tokenizer.fingerprint():
-        raise BudgetLMError(f"--resume {ckpt}: checkpoint tokenizer ({ck_tok.spec}) does not match "
-                            f"the data's tokenizer ({tokenizer.spec}) in {data_dir}")
-    if state is None:
-        raise BudgetLMError(f"--resume {ckpt}: no state.pt (weights-only checkpoint cannot resume)")
-    if state["budget"] != cfg.budget:
-        raise BudgetLMError(f"--resume {ckpt}: checkpoint was trained with --budget {state['budget']}, "
-                            f"this run asks for {cfg.budget}")
-    return ckpt, weights, state
-
-
 def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: Budget, data_dir: str | Path,
            resume: str | None, loss_hook: LossHook | None, clock: Clock, reserve_s: float,
            stop_after_steps: int | None, log: Callable[[str], None]) -> Run:
@@ -234,7 +199,7 @@ def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: B
     fast = resolve_fast_path(cfg, device, dtype, model, accum=accum, distributed=ctx.enabled,
                              loss_hook=loss_hook is not None)
     fp8_layers = fast.apply(model)  # before wrapping: DDP/FSDP see the FP8 Linears
-    resumed = _check_resume(resume, model_cfg, cfg, tokenizer, data_dir) if resume else None
+    resumed = check_resume(resume, model_cfg, cfg, tokenizer, data_dir) if resume else None
     if resumed:
         load_weights(model, resumed[1], str(resumed[0]))  # before sharding: every rank loads the full weights
     ddp_model = ctx.wrap(model, dtype)  # DDP wrapper / FSDP-sharded model / the model itself
@@ -251,7 +216,7 @@ def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: B
     run_model = fast.compile_model(ddp_model)
     autocast = autocast_ctx(device, dtype)
     if resumed and ctx.is_main:
-        _drop_metrics_after(out / "metrics.jsonl", state.step)  # the resumed run logs those steps again
+        drop_metrics_after(out / "metrics.jsonl", state.step)  # the resumed run logs those steps again
     sinks = open_sinks(out, cfg.log_to, resume_step=state.step if resumed else None,
                        config={"model": to_dict(model_cfg), "train": to_dict(cfg)}, log=log) if ctx.is_main else None
     n_params = model.num_params()
