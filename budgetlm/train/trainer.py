@@ -227,12 +227,14 @@ def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: B
     points = EvalPoints.for_run(budget, cfg.eval_points, cfg.eval_every,
                                 cfg.batch_size * cfg.seq_len if fast.compile else cfg.seq_len,
                                 cfg.eval_tokens, bclock.max_frac)
-    return Run(ctx, cfg, model_cfg, out, device, dtype, threads, meta, loader, accum, step_micro, model, fast,
-               run_model, optimizer, loss_hook, state, bclock, checkpointer, evaluator, points,
-               Progress(budget, enabled=cfg.progress and ctx.is_main), Throughput.start(clock), sinks, n_params,
-               fpt, model.flops_per_token_full_attention(cfg.seq_len),
-               _device_peak(device),
-               stop_after_steps, log)
+    return Run(ctx=ctx, cfg=cfg, model_cfg=model_cfg, out=out, device=device, dtype=dtype, threads=threads,
+               meta=meta, loader=loader, accum=accum, step_micro=step_micro, model=model, fast=fast,
+               run_model=run_model, optimizer=optimizer, loss_hook=loss_hook, state=state, budget=bclock,
+               checkpointer=checkpointer, evaluator=evaluator, points=points,
+               progress=Progress(budget, enabled=cfg.progress and ctx.is_main), speed=Throughput.start(clock),
+               sinks=sinks, n_params=n_params, flops_per_token=fpt,
+               flops_full=model.flops_per_token_full_attention(cfg.seq_len), peak=_device_peak(device),
+               stop_after_steps=stop_after_steps, log=log)
 
 
 def _log_model(log, ctx, cfg, model_cfg, n_params, device, dtype, threads, fast, fp8_layers, accum, budget, meta) -> None:
