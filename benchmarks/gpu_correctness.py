@@ -17,7 +17,7 @@ from benchmarks.common import record  # noqa: E402
 from budgetlm.config import TrainConfig, model_config  # noqa: E402
 from budgetlm.data.synth import generate_stories  # noqa: E402
 from budgetlm.data.tokenizers import build_tokenizer  # noqa: E402
-from budgetlm.device import resolve_attention  # noqa: E402
+from budgetlm.train.fastpath import resolve_attention  # noqa: E402
 from budgetlm.models import build_model  # noqa: E402
 from budgetlm.models.fp8 import enable_fp8  # noqa: E402
 from budgetlm.models.transformer import set_attention_kernel  # noqa: E402

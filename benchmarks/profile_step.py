@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import record  # noqa: E402
 from budgetlm.config import TrainConfig, model_config  # noqa: E402
-from budgetlm.device import resolve_attention, resolve_ce_kernel, resolve_fp8_head  # noqa: E402
+from budgetlm.train.fastpath import resolve_attention, resolve_ce_kernel, resolve_fp8_head  # noqa: E402
 from budgetlm.models import build_model  # noqa: E402
 from budgetlm.models.fp8 import enable_fp8  # noqa: E402
 from budgetlm.models.transformer import set_attention_kernel  # noqa: E402

@@ -5,6 +5,7 @@ so every speed claim comes with its ablation. Results append to benchmarks/resul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -16,14 +17,15 @@ from pathlib import Path
 import torch
 
 from budgetlm.config import TrainConfig, model_config
-from budgetlm.device import (ATTENTION_BACKENDS, autocast_ctx, keep_grads_allocated, pick_device, resolve_attention, resolve_ce_kernel,
-                             resolve_fp8_head, set_inductor_options, synchronize)
+from budgetlm.device import autocast_ctx, pick_device, set_inductor_options, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
-from budgetlm.models.fp8 import FP8_RECIPES, enable_fp8
-from budgetlm.models.transformer import gqa_mode, set_attention_kernel
+from budgetlm.models.fp8 import FP8_RECIPES
+from budgetlm.models.transformer import gqa_mode
 from budgetlm.train.distributed import DistContext, PARALLEL_MODES, setup
-from budgetlm.train.trainer import make_optimizer
+from budgetlm.train.fastpath import ATTENTION_BACKENDS, resolve_ce_kernel, resolve_fast_path
+from budgetlm.train.optim import make_optimizer
+from budgetlm.train.step import CycleBatches, train_step
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results.jsonl"
 
@@ -80,48 +82,36 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
         overrides["vocab_multiple"] = vocab_multiple
     cfg = model_config(model_name, **overrides)
     model = build_model(cfg).to(dev)
-    fp8_layers = enable_fp8(model, fp8, modules=fp8_modules)
-    set_attention_kernel(model, resolve_attention(attn, dev))
-    model.fused_loss = fused_loss
-    model.ce_kernel = resolve_ce_kernel(ce_kernel, dev, fused_loss)
-    model.fp8_head = resolve_fp8_head(fp8_head, dev, model.ce_kernel)
-    model.half_residual = half_residual
-    model.set_recompute(recompute)
-    wrapped = ctx.wrap(model, torch.bfloat16 if dtype in ("bf16", "bfloat16") else torch.float32)
+    torch_dtype = torch.bfloat16 if dtype in ("bf16", "bfloat16") else torch.float32
+    onoff = lambda flag: "on" if flag else "off"  # noqa: E731
+    tc = dataclasses.replace(TrainConfig(), compile=onoff(compile), attn=attn, fused_loss=onoff(fused_loss), ce_kernel=ce_kernel,
+                             fp8_head=fp8_head, fp8=fp8, fp8_modules=fp8_modules,
+                             half_residual=onoff(half_residual), recompute=recompute)
+    fast = resolve_fast_path(tc, dev, torch_dtype, model, accum=accum, distributed=ctx.enabled,
+                             compile_mode=compile_mode)
+    fp8_layers = fast.apply(model)
+    wrapped = ctx.wrap(model, torch_dtype)
     if dev.type == "cuda" and not fused_adam:
         foreach = lambda m, c, d: torch.optim.AdamW(make_optimizer(m, c, d).param_groups, lr=1e-4,
                                                      betas=(0.9, 0.95), foreach=True)
-        opt = ctx.make_optimizer(model, foreach, TrainConfig(), dev)
+        opt = ctx.make_optimizer(model, foreach, tc, dev)
     else:
-        opt = ctx.make_optimizer(model, make_optimizer, TrainConfig(), dev)
-    run = (torch.compile(wrapped) if compile_mode == "default" else torch.compile(wrapped, mode=compile_mode)) \
-        if compile else wrapped
-    amp = autocast_ctx(dev, torch.bfloat16 if dtype in ("bf16", "bfloat16") else torch.float32)
+        opt = ctx.make_optimizer(model, make_optimizer, tc, dev)
+    run = fast.compile_model(wrapped)
+    amp = autocast_ctx(dev, torch_dtype)
     gen = torch.Generator().manual_seed(ctx.rank)  # each rank its own tokens
     data = torch.randint(0, cfg.vocab_size, (min(warmup + steps, 8), accum, micro_batch, seq + 1), generator=gen)
     if dev.type == "cuda":  # pageable copies would block the host until the GPU is idle
         data = data.pin_memory()
-
-    graphs = compile and compile_mode in ("reduce-overhead", "max-autotune")
-    graph_grads = graphs and accum > 1  # as in the trainer: gradients must outlive each replay
-    if graph_grads:
-        keep_grads_allocated(model.parameters())
+    batches = CycleBatches([(data[i, a, :, :-1], data[i, a, :, 1:]) for i in range(len(data)) for a in range(accum)])
 
     def step(i: int) -> torch.Tensor:
-        """One optimizer step; returns the last micro-step's loss (a copy: a CUDA-graph replay
-        would overwrite the original)."""
-        for a in range(accum):
-            batch = data[i % len(data), a].to(dev, non_blocking=True)
-            if graphs:  # a new replay per micro-step, as in the trainer
-                torch.compiler.cudagraph_mark_step_begin()
-            with ctx.micro_step(last=a == accum - 1), gqa_mode(native_gqa):
-                with amp:
-                    _, loss = run(batch[:, :-1], batch[:, 1:])
-                (loss / accum).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=not graph_grads)
-        return loss.detach().clone()
+        """The trainer's optimizer step (train/step.py); returns its loss (a copy: a CUDA-graph
+        replay would overwrite the original)."""
+        with gqa_mode(native_gqa):
+            result = train_step(run, model, opt, batches, ctx, accum=accum, device=dev, autocast=amp,
+                                cuda_graphs=fast.cuda_graphs, graph_grads=fast.graph_grads, grad_clip=1.0)
+        return result.loss.clone()
 
     t0 = time.perf_counter()
     first_loss = None
@@ -154,7 +144,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
         ms, peak_mem = worst[0].item(), (worst[1].item() if dev.type == "cuda" else None)
     tokens = micro_batch * seq * accum
     fpt = model.flops_per_token(seq)
-    fpt_full = model.flops_per_token_full_attention(seq) if hasattr(model, "flops_per_token_full_attention") else fpt
+    fpt_full = model.flops_per_token_full_attention(seq)
     from budgetlm.hardware import peak_flops
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     peak = peak_flops(name) if dev.type == "cuda" else None
@@ -170,7 +160,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
             "vocab_multiple": cfg.vocab_multiple, "attn": attn, "fused_adam": fused_adam, "dtype": dtype,
             "recompute": recompute, "steps": steps, "accum": accum, "compile_mode": compile_mode if compile else None,
             "fp8": fp8, "fp8_layers": len(fp8_layers), "fp8_modules": fp8_modules if fp8 != "off" else None, "native_gqa": native_gqa,
-            "half_residual": half_residual, "ce_kernel": model.ce_kernel, "fp8_head": model.fp8_head,
+            "half_residual": half_residual, "ce_kernel": fast.ce_kernel, "fp8_head": fast.fp8_head,
             "loss_first": loss_first, "loss_last": loss_last}
 
 

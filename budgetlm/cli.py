@@ -120,15 +120,10 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _count(text: str | None, flag: str) -> int | None:
-    """'50M', '2.5k', '1000' -> int."""
-    if text is None:
-        return None
-    scale = {"k": 1e3, "m": 1e6, "b": 1e9}
-    t = str(text).strip().lower()
-    try:
-        return int(float(t[:-1]) * scale[t[-1]]) if t[-1] in scale else int(t)
-    except (ValueError, IndexError, OverflowError):
-        raise BudgetLMError(f"{flag}: expected a count like 1000, 50k or 20M, got {text!r}") from None
+    """'50M', '2.5k', '1000' -> int (train/budget.py's parse_count)."""
+    from budgetlm.train.budget import parse_count
+    value = parse_count(text, flag)
+    return None if value is None else int(value)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -46,10 +46,14 @@ from typing import Any
 
 import torch
 
-from budgetlm.config import ModelConfig
-from budgetlm.device import keep_grads_allocated, resolve_ce_kernel, resolve_half_residual
+from budgetlm.config import ModelConfig, TrainConfig
+from budgetlm.device import autocast_ctx, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
+from budgetlm.train.distributed import DistContext
+from budgetlm.train.fastpath import resolve_fast_path
+from budgetlm.train.optim import make_optimizer
+from budgetlm.train.step import CycleBatches, train_step
 
 GB = 1e9
 OVERHEAD_BYTES = 1.0 * GB  # CUDA context (~0.5 GB) + workspaces and fragmentation; see module docstring
@@ -225,51 +229,34 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
                  fused_loss: bool = False, recompute: int = 0, warmup: int = 1,
                  half_residual: bool | None = None, cuda_graphs: bool = False,
                  ce_kernel: bool | None = None, max_wall_s: float | None = None) -> dict[str, Any]:
-    """Real AdamW steps on random tokens, as the trainer takes them (fp32 params, autocast,
-    logits held through the backward, `accum` micro-batches, clip, step, zero_grad(set_to_none)).
+    """Real AdamW steps on random tokens, the trainer's own (train/step.py's train_step, its fast path
+    resolved by train/fastpath.py: fp32 params, autocast, `accum` micro-batches, clip, step, zero_grad).
     The first `warmup` steps (optimizer state, kernel selection, compile) are not timed.
     ce_kernel: None = the trainer's auto choice; False = the plain loss (speedrun_size's calibration).
     max_wall_s: also stop timing once this much wall time has passed since the call, build and warm-up
     included (after one timed step), so a calibration stays inside its share on a slow or busy machine."""
-    from contextlib import nullcontext
-
     begin = time.perf_counter()
     cfg = dataclasses.replace(cfg, block_size=max(cfg.block_size, seq_len))
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    if hasattr(model, "set_recompute"):  # the trainer's switches, set the way it sets them
-        model.set_recompute(_level(recompute))
-        model.fused_loss = fused_loss
-        model.ce_kernel = resolve_ce_kernel("auto", device, fused_loss) if ce_kernel is None else ce_kernel
-        model.half_residual = resolve_half_residual("auto", device, dtype) if half_residual is None \
-            else half_residual
-    graph_grads = cuda_graphs and compile and accum > 1  # as in the trainer: see keep_grads_allocated
-    if graph_grads:
-        keep_grads_allocated(model.parameters())
-    run = (torch.compile(model, mode="reduce-overhead") if cuda_graphs else torch.compile(model)) if compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                            **({"fused": True} if device.type == "cuda" else {"foreach": True}))
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    onoff = lambda flag, auto=False: "auto" if flag is None and auto else ("on" if flag else "off")  # noqa: E731
+    tc = TrainConfig(compile=onoff(compile), cuda_graphs=onoff(cuda_graphs and compile), fused_loss=onoff(fused_loss),
+                     ce_kernel=onoff(ce_kernel, auto=True), half_residual=onoff(half_residual, auto=True),
+                     recompute=_level(recompute), lr=1e-4, beta1=0.9, beta2=0.95, weight_decay=0.1)
+    fast = resolve_fast_path(tc, device, dtype, model, accum=accum)
+    fast.apply(model)  # the trainer's switches, set the way it sets them
+    opt = make_optimizer(model, tc, device)
+    run = fast.compile_model(model)
+    amp = autocast_ctx(device, dtype)
     x = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), device=device)
     y = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), device=device)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    batches, plain = CycleBatches([(x, y)]), DistContext(device=device)
 
     def step() -> float:
         t = time.perf_counter()
-        for _ in range(accum):
-            if cuda_graphs:  # a new replay, as in the trainer
-                torch.compiler.cudagraph_mark_step_begin()
-            with ctx:
-                logits, loss = run(x, y)
-            (loss / accum).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=not graph_grads)
-        del logits, loss
-        sync()
+        train_step(run, model, opt, batches, plain, accum=accum, device=device, autocast=amp,
+                   cuda_graphs=fast.cuda_graphs, graph_grads=fast.graph_grads, grad_clip=1.0)
+        synchronize(device)
         return time.perf_counter() - t
 
     first = step()  # warm-up: optimizer state, kernels, compile
@@ -292,7 +279,7 @@ def measure_throughput(cfg: ModelConfig, micro_batch: int, seq_len: int, seconds
     warm-up steps), so --measure can put a measured number beside the estimate. compile="auto"
     does what the trainer does (compiled on CUDA): the compile time is spent in the warm-up and
     reported as first_step_s, and the timed steps run the code training will run."""
-    from budgetlm.device import resolve_cuda_graphs, should_compile
+    from budgetlm.train.fastpath import resolve_cuda_graphs, should_compile
     from budgetlm.hardware import local_device
     dev = device or local_device()[0]
     dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,10 @@ from typing import Any
 from budgetlm.config import MODEL_PRESETS, ModelConfig, model_config
 from budgetlm.errors import BudgetLMError
 from budgetlm.hardware import GPUSpec, _ram_gb, get_gpu, local_device, measure_cpu_tflops, peak_flops
-from budgetlm.device import resolve_ce_kernel
+from budgetlm.train.fastpath import resolve_ce_kernel
 from budgetlm.memory import (GB, OVERHEAD_BYTES, SHARDINGS, count_params, flops_per_token, layer_activation_bytes,
                              measure_peak_memory, measure_throughput, memory_estimate, pick_micro_batch)
-from budgetlm.train.budget import parse_budget
+from budgetlm.train.budget import parse_budget, parse_count  # noqa: F401 (parse_count: plan's --tokens/--params)
 
 __all__ = ["count_params", "memory_estimate", "measure_peak_memory", "peak_flops", "estimate", "make_plan",
            "write_config", "register", "Plan", "Candidate", "ladder", "chinchilla_loss"]
@@ -69,20 +68,6 @@ def ladder(family: str = "gpt2", seq_len: int = 1024, vocab_size: int | None = N
         base["vocab_size"] = vocab_size
     return [(name, ModelConfig(n_layer=L, n_embd=d, n_head=H, n_kv_head=kv, mlp_hidden=h, **base))
             for name, L, d, H, kv, h in LADDERS[family]]
-
-
-def parse_count(text: str | float | int | None, flag: str) -> float | None:
-    """'14.6B', '500M', '2e9', '1,000,000' -> float; errors name the flag."""
-    if text is None or isinstance(text, (int, float)):
-        return None if text is None else float(text)
-    m = re.fullmatch(r"([\d.]+(?:e[+-]?\d+)?)\s*([kmbt]?)", str(text).strip().lower().replace(",", "").replace("_", ""))
-    try:
-        value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2)] if m else None
-    except ValueError:
-        value = None
-    if value is None or not value > 0 or math.isinf(value):
-        raise BudgetLMError(f"{flag}: expected a positive count like 14.6B, 500M or 2e9, got {text!r}")
-    return value
 
 
 def parse_time(text: str | float | int) -> float:

@@ -18,7 +18,7 @@ from budgetlm.report import finish_run
 from budgetlm.speedrun_size import (Calibration, apply_sizing, calibrate, calibration_pays, calibration_seconds,
                                     estimate_unique_tokens, size_model, smallest_without_calibration)
 from budgetlm.errors import BudgetLMError
-from budgetlm.train.budget import parse_budget
+from budgetlm.train.budget import Budget, as_budget, parse_budget
 from budgetlm.train.trainer import Clock, train
 
 # Shapes --auto-size probes: (layers, width, heads), smallest to largest.
@@ -36,7 +36,7 @@ class Setup:
     sizing: dict | None = None  # what speedrun_size chose and why (summary.json "sizing"); None = static
 
 
-def choose_setup(budget: str, device: str, tokenizer: str | None = None, calibration: Calibration | None = None,
+def choose_setup(budget: str | Budget, device: str, tokenizer: str | None = None, calibration: Calibration | None = None,
                  unique_tokens: float | None = None, seconds_left: float | None = None,
                  log=print) -> Setup:
     """A model and batch for the budget and device.
@@ -48,7 +48,7 @@ def choose_setup(budget: str, device: str, tokenizer: str | None = None, calibra
     models at tens of thousands of tokens/s, so 5 minutes sees ~10M tokens; Chinchilla (~20 tokens/param)
     then favours ~0.5-1.5M params.
     """
-    b = parse_budget(budget)
+    b = as_budget(budget)
     seconds = b.amount if b.kind == "time" else 300.0
     dev = pick_device(device)
     if dev.type == "cuda":
@@ -68,7 +68,7 @@ def choose_setup(budget: str, device: str, tokenizer: str | None = None, calibra
         mcfg = ModelConfig(n_layer=3, n_head=3, n_embd=96, mlp="swiglu", block_size=seq)
     else:
         mcfg = model_config(preset, block_size=seq)
-    tcfg = TrainConfig(budget=budget, batch_size=batch, seq_len=seq, lr=lr, device=device)
+    tcfg = TrainConfig(budget=b.text or str(b), batch_size=batch, seq_len=seq, lr=lr, device=device)
     setup = Setup(mcfg, tcfg, tok, why)
     if calibration is not None and b.kind == "time":
         sized = size_model(seconds if seconds_left is None else seconds_left, calibration, unique_tokens, tokenizer)
@@ -141,18 +141,18 @@ def resolve_source(data: str, log=print) -> str:
     return "synth"
 
 
-def _sized_setup(budget: str, device: str, tokenizer: str | None, sizing: str, src: str,
+def _sized_setup(budget: str | Budget, device: str, tokenizer: str | None, sizing: str, src: str,
                  unique_tokens: float | None, clock: Clock, log) -> Setup:
     """choose_setup after a calibration of this device (sizing="measured", time budgets), else the static one."""
     if sizing not in ("measured", "static"):
         raise BudgetLMError(f"--sizing must be measured or static, got {sizing!r}")
-    b = parse_budget(budget)
+    b = as_budget(budget)
     if sizing == "static" or b.kind != "time":
-        return choose_setup(budget, device, tokenizer)
+        return choose_setup(b, device, tokenizer)
     dev = pick_device(device)
     unique = unique_tokens if unique_tokens is not None else estimate_unique_tokens(src)
     if dev.type == "cpu" and not calibration_pays(b.amount, unique, tokenizer):
-        setup = choose_setup(budget, device, tokenizer)  # the static CPU default is the ladder's first shape
+        setup = choose_setup(b, device, tokenizer)  # the static CPU default is the ladder's first shape
         setup.sizing, line = smallest_without_calibration(b.amount, tokenizer)
         log(line)
         return setup
@@ -160,7 +160,7 @@ def _sized_setup(budget: str, device: str, tokenizer: str | None, sizing: str, s
     if dev.type == "cuda":
         import torch
         torch.cuda.empty_cache()  # the probe's model is gone; give its memory back to the trainer
-    setup = choose_setup(budget, device, tokenizer, cal, unique, b.amount - clock.elapsed(), log)
+    setup = choose_setup(b, device, tokenizer, cal, unique, b.amount - clock.elapsed(), log)
     if setup.sizing is not None:
         setup.sizing["unique_tokens_source"] = "given" if unique_tokens is not None else \
             ("estimate: file bytes / 4 per token" if unique else "not limited (generated or hub data)")
@@ -208,7 +208,7 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
     b = parse_budget(budget)
     src = resolve_source(data, log)
     # --auto-size times each of its shapes itself, so it starts from the static setup, as it always did.
-    setup = _sized_setup(budget, device, tokenizer, "static" if auto else sizing, src, unique_tokens, clock, log)
+    setup = _sized_setup(b, device, tokenizer, "static" if auto else sizing, src, unique_tokens, clock, log)
     _apply_overrides(setup, overrides or {})
     setup.train.out_dir, setup.train.seed = out_dir, seed
     # Training starts on the first shard; train() stops the producer when it ends or fails.
@@ -226,7 +226,7 @@ def speedrun(budget: str = "5m", data: str = "tinystories", tokenizer: str | Non
         log(f"auto-size probes took {clock.elapsed() - prep_seconds:.1f}s of the budget")
     # Sampling happens after training but inside the budget: keep time for it (~5 ms/token, measured).
     reserve = n_samples * sample_tokens * 0.005
-    info = train(setup.model, setup.train, ddir, clock=clock, reserve_s=reserve, log=log)
+    info = train(setup.model, setup.train, ddir, clock=clock, reserve_s=reserve, log=log, budget=b)
     if setup.sizing is not None:  # in summary.json before sampling, so an interrupted run keeps it too
         _add_to_summary(out_dir, "sizing", setup.sizing)
         info.extra["sizing"] = setup.sizing

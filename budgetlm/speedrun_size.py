@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from budgetlm.config import ModelConfig
-from budgetlm.device import CUDA_GRAPHS_MAX_PARAMS
+from budgetlm.train.fastpath import CUDA_GRAPHS_MAX_PARAMS
 from budgetlm.errors import BudgetLMError
 from budgetlm.memory import GB, OVERHEAD_BYTES, count_params, flops_per_token, pick_micro_batch
 from budgetlm.plan import chinchilla_loss, lr_for, total_batch_for

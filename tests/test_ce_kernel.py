@@ -11,7 +11,7 @@ import torch
 
 from budgetlm.bench import ablation_settings
 from budgetlm.config import model_config
-from budgetlm.device import resolve_ce_kernel
+from budgetlm.train.fastpath import resolve_ce_kernel
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.models.ce_kernel import linear_cross_entropy, loss_and_grad_torch_

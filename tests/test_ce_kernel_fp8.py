@@ -13,7 +13,7 @@ import torch
 
 from budgetlm.bench import ablation_settings
 from budgetlm.config import model_config
-from budgetlm.device import resolve_fp8_head
+from budgetlm.train.fastpath import resolve_fp8_head
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.models import ce_kernel_fp8 as f8

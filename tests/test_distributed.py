@@ -219,12 +219,12 @@ def _failing_save_worker(rank: int, world: int, port: int, job: dict, out_dir: s
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     from budgetlm.errors import BudgetLMError
-    from budgetlm.train import trainer
+    from budgetlm.train import checkpointer
 
     def full_disk(*_, **__):
         raise BudgetLMError("checkpoints: disk full (simulated)")
     if rank == 0:  # only rank 0 writes, so only its save can fail
-        trainer.save_checkpoint = full_disk
+        checkpointer.save_checkpoint = full_disk
     try:
         train(model_config(**MODEL), TrainConfig(**job["cfg"]), job["data"], **QUIET)
         message = "no error"

@@ -11,7 +11,7 @@ import torch
 
 from budgetlm.bench import ablation_settings
 from budgetlm.config import model_config
-from budgetlm.device import resolve_attention, resolve_half_residual
+from budgetlm.train.fastpath import resolve_attention, resolve_half_residual
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.models import transformer
@@ -161,13 +161,13 @@ def test_fp8_modules_picks_linears_by_name():
 
 def test_train_cli_passes_fp8_modules_to_the_swap(synth_data, tmp_path, monkeypatch):
     from budgetlm import cli
-    from budgetlm.train import trainer
+    from budgetlm.train import fastpath
     seen = {}
 
     def fake_enable_fp8(model, recipe, modules="all"):
         seen.update(recipe=recipe, modules=modules)
         raise BudgetLMError("stop here")
-    monkeypatch.setattr(trainer, "enable_fp8", fake_enable_fp8)
+    monkeypatch.setattr(fastpath, "enable_fp8", fake_enable_fp8)
     code = cli.main(["train", "--data", str(synth_data), "--budget", "2-steps", "--model", "nano", "--device", "cpu",
                      "--fp8", "tensorwise", "--fp8-modules", "mlp.down", "--out", str(tmp_path / "r"), "--no-progress"])
     assert code == 2 and seen == {"recipe": "tensorwise", "modules": "mlp.down"}
@@ -239,7 +239,7 @@ def test_half_residual_matches_fp32_stream_on_cuda():
 
 
 def test_cuda_graphs_setting():
-    from budgetlm.device import resolve_cuda_graphs
+    from budgetlm.train.fastpath import resolve_cuda_graphs
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert resolve_cuda_graphs("auto", gpu, True, 2_000_000, False) is True  # small, compiled, one GPU
     assert resolve_cuda_graphs("auto", gpu, True, 124_000_000, False) is False  # step not launch-bound
@@ -277,7 +277,7 @@ def test_padded_cross_entropy_is_the_sliced_loss():
 def test_kept_gradients_train_exactly_like_dropped_ones():
     """keep_grads_allocated + zeroing in place (what CUDA graphs with accumulation need) is the same
     arithmetic as set_to_none, and each .grad stays the same tensor from step to step."""
-    from budgetlm.device import keep_grads_allocated
+    from budgetlm.train.fastpath import keep_grads_allocated
     torch.manual_seed(0)
     base = build_model(tiny())
     data = torch.randint(0, 300, (3, 2, 4, 33))  # steps x micro-batches x batch x tokens

@@ -196,8 +196,8 @@ def test_stop_right_after_a_checkpoint_keeps_it(synth_data, tmp_path, monkeypatc
     def counting(root, step, *a, **k):
         saves.append(step)
         return orig(root, step, *a, **k)
-    from budgetlm.train import trainer
-    monkeypatch.setattr(trainer, "save_checkpoint", counting)
+    from budgetlm.train import checkpointer, trainer
+    monkeypatch.setattr(checkpointer, "save_checkpoint", counting)
 
     def sigterm_in_step_4(step, *_):
         if step == 3:

@@ -53,13 +53,13 @@ def test_time_budget_gets_periodic_bounded_evals_and_ends_on_time(time_run):
 def test_slow_evals_mean_fewer_points_not_a_late_run(synth_data, tmp_path, monkeypatch):
     """Evals that cost more than the periodic share (here: 0.2 s each, 2% of 2 s is 0.04 s) are skipped."""
     import time
-    from budgetlm.train import trainer
+    from budgetlm.train import evaluator
 
     def slow(*a, **k):
         time.sleep(0.2)
         return real(*a, **k)
-    real = trainer.evaluate
-    monkeypatch.setattr(trainer, "evaluate", slow)
+    real = evaluator.evaluate
+    monkeypatch.setattr(evaluator, "evaluate", slow)
     info = train(model_config(n_layer=1, n_head=2, n_embd=16), tiny_cfg(tmp_path, budget="2s", log_to="jsonl"),
                  synth_data, **QUIET)
     assert [r["step"] for r in rows_of(tmp_path) if "val_loss" in r] == [info.steps]  # the final eval only

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from budgetlm.config import ModelConfig
+from budgetlm.models.base import HeadOptions, check_head_options
 from budgetlm.models.transformer import Block, finish_stack, make_norm, set_block_recompute
 
 T_MIN = 1e-3  # training draws t from [T_MIN, 1]: at t ~ 0 nothing is masked and 1/t explodes
@@ -38,6 +39,8 @@ T_MIN = 1e-3  # training draws t from [T_MIN, 1]: at t ~ 0 nothing is masked and
 
 class D3PM(nn.Module):
     """Bidirectional transformer denoiser for absorbing-state discrete diffusion."""
+
+    head_support: frozenset[str] = frozenset()  # its loss is an ELBO over noised inputs: no head option applies
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -58,6 +61,9 @@ class D3PM(nn.Module):
         """Activation recomputation as in the GPT: 0 off, 1 MLPs, 2 whole blocks."""
         set_block_recompute(self, level)
 
+    def set_head(self, options: HeadOptions) -> None:
+        check_head_options(self, options)
+
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
@@ -71,6 +77,9 @@ class D3PM(nn.Module):
         if not self.cfg.tie_embeddings:
             n -= self.wte.weight.numel()
         return 6 * n + 12 * self.cfg.n_layer * self.cfg.n_embd * seq_len
+
+    def flops_per_token_full_attention(self, seq_len: int) -> float:
+        return self.flops_per_token(seq_len)  # bidirectional: already the whole square
 
     # --- denoiser -------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ sampling and speedrun use it unchanged:
 * forward(idx, targets=None, cache=None) -> (logits, loss)
 * hidden_states(idx, cache) -> (B, T, n_embd), the input to `lm_head`
 * new_cache(batch, length=None) -> LSTMCache holding (h, c) and `pos`
-* num_params(), flops_per_token(seq), set_recompute(level), fused_loss
+* the LanguageModel interface (models/base.py); of the head options only the chunked loss
 
 Width: embedding = hidden = n_embd, so the input table and the head can always be tied
 (cfg.tie_embeddings). On CUDA nn.LSTM runs the cuDNN kernel by itself.
@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from budgetlm.models.base import HeadOptions, check_head_options
 
 from budgetlm.config import ModelConfig
 from budgetlm.models.fused_ce import fused_linear_cross_entropy
@@ -38,6 +40,8 @@ class LSTMCache:
 class LSTMLM(nn.Module):
     """Embedding -> dropout -> n_layer LSTM (dropout between layers) -> dropout -> LM head."""
 
+    head_support = frozenset({"fused_loss"})  # no CE kernel, no residual stream
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -47,7 +51,7 @@ class LSTMLM(nn.Module):
         self.lstm = nn.LSTM(d, d, num_layers=cfg.n_layer, batch_first=True,
                             dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
         self.lm_head = nn.Linear(d, cfg.padded_vocab, bias=False)
-        self.fused_loss = False  # set by the trainer, as for the GPT
+        self.fused_loss = False  # the chunked head: set through set_head
         if cfg.tie_embeddings:  # sizes always match here: hidden width == embedding width
             self.lm_head.weight = self.wte.weight
         self._init_weights()
@@ -73,6 +77,10 @@ class LSTMLM(nn.Module):
         if level not in (0, 1, 2):
             raise ValueError(f"recompute level must be 0, 1 or 2, got {level}")
 
+    def set_head(self, options: HeadOptions) -> None:
+        check_head_options(self, options)
+        self.fused_loss = options.fused_loss
+
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
         if non_embedding:
@@ -92,6 +100,9 @@ class LSTMLM(nn.Module):
         if not self.cfg.tie_embeddings:
             n -= self.wte.weight.numel()
         return 6.0 * n
+
+    def flops_per_token_full_attention(self, seq_len: int) -> float:
+        return self.flops_per_token(seq_len)  # no attention: both conventions agree
 
     def new_cache(self, batch: int, length: int | None = None) -> LSTMCache:
         p = next(self.parameters())

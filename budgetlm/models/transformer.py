@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from budgetlm.config import ModelConfig
+from budgetlm.models.base import HEAD_OPTION_NAMES, HeadOptions, check_head_options
 from budgetlm.models.ce_kernel import linear_cross_entropy
 from budgetlm.models.ce_kernel_fp8 import linear_cross_entropy_fp8
 from budgetlm.models.fused_ce import fused_linear_cross_entropy
@@ -233,6 +234,8 @@ def set_block_recompute(model: nn.Module, level: int) -> None:
 
 
 class GPT(nn.Module):
+    head_support = HEAD_OPTION_NAMES  # every HeadOptions field (models/base.py)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -242,16 +245,19 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False)
-        self.fused_loss = False  # chunked head + cross-entropy (models/fused_ce.py); set by the trainer
-        self.ce_kernel = False  # head + cross-entropy with the gradient kernel (models/ce_kernel.py); set by the trainer
-        self.fp8_head = False  # with ce_kernel: the head's matmuls in FP8 (models/ce_kernel_fp8.py); set by the trainer
-        self.half_residual = False  # keep the residual stream in the autocast dtype; set by the trainer
+        self.set_head(HeadOptions())  # fused_loss, ce_kernel, fp8_head, half_residual: see HeadOptions
         self.recompute = 0  # 0: keep all activations; 1: recompute MLPs; 2: recompute whole blocks
         finish_stack(self, cfg)
 
     def set_recompute(self, level: int) -> None:
         """Activation recomputation like llm.c's -r: 0 off, 1 MLPs, 2 whole blocks."""
         set_block_recompute(self, level)
+
+    def set_head(self, options: HeadOptions) -> None:
+        """The loss head and residual-stream options `forward` branches on (models/base.py)."""
+        check_head_options(self, options)
+        self.fused_loss, self.ce_kernel = options.fused_loss, options.ce_kernel
+        self.fp8_head, self.half_residual = options.fp8_head, options.half_residual
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # parameters() counts tied weights once

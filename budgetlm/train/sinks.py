@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -152,3 +153,20 @@ def open_sinks(run_dir: str | Path, log_to: str | None = None, resume_step: int 
         except ImportError as e:  # installed but broken (e.g. a version clash): still no crash
             log(f"note: {flag}: {name} could not be loaded ({e}); no {name} logs")
     return Sinks(sinks)
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """Keep only metrics rows up to the resumed step (and no torn last line), replacing the file atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
