@@ -32,6 +32,7 @@ from budgetlm.train.checkpoint import load_checkpoint, load_weights, save_checkp
 from budgetlm.train.distributed import DistContext, maybe_main_first, setup as setup_distributed
 from budgetlm.train.eval_points import EvalPoints
 from budgetlm.train.interrupt import RunStopped, StopSignals, signal_name
+from budgetlm.train.optim import make_optimizer, set_group_lrs
 from budgetlm.train.progress import Progress
 from budgetlm.train.runlock import hold_run_lock
 from budgetlm.train.sinks import open_sinks
@@ -40,15 +41,6 @@ from budgetlm.train.sinks import open_sinks
 LossHook = Callable[..., "torch.Tensor | None"]
 
 WARM_STEPS, TIMED_STEPS = 3, 11  # steps 1-3 compile / record CUDA graphs; 4-11 give the steady step time
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; matrices decay, vectors (biases, norms) do not. Fused kernel on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
 
 
 @dataclass
@@ -397,11 +389,10 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
             max_frac = max(max_frac, frac)  # monotone even when the reserve estimate moves
             if max_frac >= 1.0 or (stop_after_steps is not None and step >= stop_after_steps):
                 break
-            lr = lr_at(max_frac, cfg.lr, cfg.schedule, cfg.warmup_frac, cfg.min_lr_frac)
+            lr = lr_at(max_frac, cfg.lr, cfg.schedule, cfg.warmup_frac, cfg.min_lr_frac, cfg.decay_frac)
             if cfg.warmup_steps is not None:  # an explicit warmup in steps overrides the fraction
-                lr = lr_at(max_frac, cfg.lr, cfg.schedule, 0.0, cfg.min_lr_frac) * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-            for g in optimizer.param_groups:
-                g["lr"] = lr
+                lr = lr_at(max_frac, cfg.lr, cfg.schedule, 0.0, cfg.min_lr_frac, cfg.decay_frac) * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+            set_group_lrs(optimizer, lr)  # each group: lr times its own scale (train/optim.py)
             loss_sum = torch.zeros((), device=device)
             for micro in range(accum):
                 t_data, waited = time.perf_counter(), getattr(loader, "wait_s", 0.0)
