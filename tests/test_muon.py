@@ -11,7 +11,7 @@ from budgetlm.config import TrainConfig, model_config
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.train import checkpoint as ckpt_mod
-from budgetlm.train.optim import MuonAdamW, make_optimizer, set_group_lrs
+from budgetlm.train.optim import MuonAdamW, make_optimizer, muon_optimizer, set_group_lrs
 from budgetlm.train.recipe import check_switches
 from budgetlm.train.trainer import train
 
@@ -38,8 +38,7 @@ def test_muon_step_matches_float64_newton_schulz(rows, cols):
     w = torch.nn.Parameter(torch.randn(rows, cols))
     w0 = w.detach().clone()
     grads = [torch.randn(rows, cols), torch.randn(rows, cols)]
-    opt = torch.optim.Muon([w], lr=0.02, weight_decay=0.0, momentum=0.95, nesterov=True, ns_steps=5,
-                           adjust_lr_fn="original")
+    opt = muon_optimizer([w], TrainConfig(optimizer="muon"))  # the defaults: lr 0.02, momentum 0.95, no decay
     buf, expect = torch.zeros(rows, cols, dtype=torch.float64), w0.double()
     for g in grads:
         w.grad = g.clone()

@@ -119,7 +119,7 @@ class MuonAdamW:
         self.muon.load_state_dict(state["muon"])
 
 
-def _muon(params: list, cfg: Any) -> torch.optim.Optimizer:
+def muon_optimizer(params: list, cfg: Any) -> torch.optim.Optimizer:
     if not hasattr(torch.optim, "Muon"):  # added in torch 2.9
         raise BudgetLMError(f"--optimizer muon needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}")
     group = _scaled(params, cfg.muon_lr, cfg.lr)
@@ -140,7 +140,7 @@ def make_optimizer(model: torch.nn.Module, cfg: Any, device: torch.device) -> to
         raise BudgetLMError("--optimizer muon does not support --parallel fsdp (it orthogonalizes whole "
                             "matrices, FSDP2 holds row shards); use --parallel ddp")
     ids = {id(p) for p in matrices}
-    return MuonAdamW(_adamw(adamw_groups(model, cfg, ids), cfg, device), _muon(matrices, cfg))
+    return MuonAdamW(_adamw(adamw_groups(model, cfg, ids), cfg, device), muon_optimizer(matrices, cfg))
 
 
 def set_group_lrs(optimizer: Any, lr: float) -> None:
