@@ -160,3 +160,31 @@ def test_modern_recipe_trains_end_to_end(synth_data, tmp_path):
     losses = info.extra["losses"]
     assert info.steps == 30 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
     assert dataclasses.asdict(m)["value_embeds"] == 1
+
+
+def test_recipe_flags_parse_and_explicit_ones_win():
+    from budgetlm.cli import MODEL_FLAGS, SPEEDRUN_TRAIN_FLAGS, TRAIN_FLAGS, _picked, build_parser
+    args = build_parser().parse_args(["train", "--data", "d", "--recipe", "modern", "--no-qk-norm", "--window", "64",
+                                      "--muon-lr", "0.05", "--head-lr", "0.004", "--decay-frac", "0.5"])
+    m, t = _picked(args, MODEL_FLAGS), _picked(args, TRAIN_FLAGS)
+    assert m == {"qk_norm": False, "window": 64}  # bools left unset stay out: not explicit
+    assert t == {"recipe": "modern", "muon_lr": 0.05, "head_lr": 0.004, "decay_frac": 0.5}
+    mc, tc = apply_recipe(model_config(**m), TrainConfig(**t), explicit=set(m) | set(t))
+    assert not mc.qk_norm and mc.window == 64 and mc.mlp == "relu2"
+    assert tc.optimizer == "muon" and tc.muon_lr == 0.05 and tc.decay_frac == 0.5
+    assert "recipe" in SPEEDRUN_TRAIN_FLAGS
+    sp = build_parser().parse_args(["speedrun", "--recipe", "modern", "--qk-norm"])
+    assert sp.recipe == "modern" and sp.qk_norm is True
+
+
+def test_wsd_decay_frac_reaches_the_trainer(synth_data, tmp_path):
+    import json
+    from budgetlm.train.budget import lr_at
+    from budgetlm.train.trainer import train
+    t = TrainConfig(budget="8-steps", batch_size=4, seq_len=32, lr=1e-3, out_dir=str(tmp_path), progress=False,
+                    log_every=1, final_eval_tokens=1024, seed=7, schedule="wsd", decay_frac=0.5, warmup_frac=0.0)
+    train(model_config(n_layer=1, n_head=2, n_embd=16), t, synth_data, log=lambda *_: None)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "loss" in r]
+    assert lrs[:5] == [1e-3] * 5 and lrs[5] < 1e-3  # frac 5/8 = 0.625: inside the last half, decaying
+    assert lrs == [lr_at(s / 8, 1e-3, "wsd", 0.0, 0.1, 0.5) for s in range(8)]
