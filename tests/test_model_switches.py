@@ -188,3 +188,25 @@ def test_wsd_decay_frac_reaches_the_trainer(synth_data, tmp_path):
     lrs = [r["lr"] for r in rows if "loss" in r]
     assert lrs[:5] == [1e-3] * 5 and lrs[5] < 1e-3  # frac 5/8 = 0.625: inside the last half, decaying
     assert lrs == [lr_at(s / 8, 1e-3, "wsd", 0.0, 0.1, 0.5) for s in range(8)]
+
+
+def test_hf_export_refuses_what_no_hf_class_computes():
+    from budgetlm.export import hf_family
+    assert hf_family(model_config(zero_init_proj=True)) == "GPT2LMHeadModel"  # init only: exports as is
+    for switch in ("qk_norm", "logit_softcap", "value_embeds", "embed_skip", "window"):
+        with pytest.raises(BudgetLMError, match=f"cannot express {switch}="):
+            hf_family(model_config(**{k: v for k, v in SWITCHES[switch].items()}))
+
+
+def test_attention_inputs_share_a_dtype_under_autocast(monkeypatch):
+    """GPU SDPA kernels refuse mixed q/k/v dtypes: the value-embedding mix and QK-norm keep the stream's."""
+    import torch.nn.functional as F
+    seen, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: seen.append((q.dtype, k.dtype, v.dtype)) or sdpa(q, k, v, **kw))
+    torch.manual_seed(0)
+    model = build_model(model_config(**dict(SHAPES["gpt2"], qk_norm=True, value_embeds=1, embed_skip=True, window=4)))
+    x = torch.randint(0, 97, (2, 16))
+    with torch.autocast("cpu", torch.bfloat16):
+        model(x, x)[1].backward()
+    assert seen and all(d == (torch.bfloat16,) * 3 for d in seen), seen

@@ -183,7 +183,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).split([cfg.n_head * hd, cfg.kv_heads * hd, cfg.kv_heads * hd], dim=-1)
         q, k, v = q.view(B, T, cfg.n_head, hd), k.view(B, T, cfg.kv_heads, hd), v.view(B, T, cfg.kv_heads, hd)
         if ve is not None:  # issue 21: value embeddings, mixed in with two learned weights
-            v = self.ve_mix[0] * v + self.ve_mix[1] * ve.view_as(v)
+            mix = self.ve_mix.to(v.dtype)  # in the stream's dtype: SDPA's GPU kernels want q, k, v alike
+            v = mix[0] * v + mix[1] * ve.view_as(v).to(v.dtype)
         if cfg.qk_norm:  # issue 21: RMS-normalized queries and keys per head (no gain), in fp32
             q = F.rms_norm(q.float(), (hd,), eps=cfg.norm_eps).to(q.dtype)
             k = F.rms_norm(k.float(), (hd,), eps=cfg.norm_eps).to(k.dtype)

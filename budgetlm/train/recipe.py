@@ -50,7 +50,7 @@ def apply_recipe(model_cfg: ModelConfig, train_cfg: TrainConfig,
 def check_switches(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     """Refuse, before training, the combinations the switches cannot serve."""
     if model_cfg.logit_softcap:
-        for name in ("fused_loss", "ce_kernel"):
+        for name in ("fused_loss", "ce_kernel", "fp8_head"):
             if getattr(train_cfg, name) == "on":
                 raise BudgetLMError(f"--{name.replace('_', '-')} on: that head has no logit soft-cap; "
                                     f"use --logit-softcap 0 or --{name.replace('_', '-')} auto")
