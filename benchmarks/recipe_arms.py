@@ -39,7 +39,7 @@ ARMS: dict[str, dict] = {
     "softcap15": dict(logit_softcap=15.0),
     "value_embeds": dict(value_embeds=1),
     "embed_skip": dict(embed_skip=True),
-    "window64": dict(window=64),
+    "window32": dict(window=32),  # half the CPU default seq len (64)
     "wsd": dict(schedule="wsd", decay_frac=0.4),
     "modern": dict(recipe="modern"),
 }

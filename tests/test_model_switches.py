@@ -210,3 +210,9 @@ def test_attention_inputs_share_a_dtype_under_autocast(monkeypatch):
     with torch.autocast("cpu", torch.bfloat16):
         model(x, x)[1].backward()
     assert seen and all(d == (torch.bfloat16,) * 3 for d in seen), seen
+
+
+def test_value_tables_count_as_lookups_not_matmuls():
+    plain, ve = build_model(model_config(**SHAPES["gpt2"])), build_model(model_config(**SHAPES["gpt2"], value_embeds=1))
+    assert ve.num_params() - plain.num_params() == 97 * 32 + 2 * 2  # one table, two mixing weights per layer
+    assert ve.flops_per_token(16) - plain.flops_per_token(16) == 6 * 2 * 2

@@ -334,6 +334,8 @@ class GPT(nn.Module):
         n = self.num_params() - (self.wpe.weight.numel() if self.wpe is not None else 0)
         if not cfg.tie_embeddings:
             n -= self.wte.weight.numel()
+        if cfg.value_embeds:  # issue 21: value-embedding tables are lookups too
+            n -= sum(t.weight.numel() for t in self.value_tables)
         return 6 * n + 6 * cfg.n_layer * cfg.n_embd * seq_len  # causal: half of 12*L*d*T
 
     def flops_per_token_full_attention(self, seq_len: int) -> float:
