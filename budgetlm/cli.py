@@ -19,6 +19,13 @@ TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac
                "eval_every", "eval_points", "eval_tokens", "checkpoint_every", "log_every", "log_to", "fused_loss", "ce_kernel", "recompute", "attn", "fp8", "fp8_modules", "fp8_head", "half_residual", "cuda_graphs", "teacher", "distill_steps",
                "distill_alpha", "distill_temp", "max_steps", "sample_every", "sample_tokens", "hellaswag_every",
                "hellaswag_items", "hellaswag_file", "train_shards", "val_shards", "parallel", "zero_stage")
+# issue 21: the recipe switches (model, optimizer, schedule); the lead folds them into the generated flags
+RECIPE_MODEL_FLAGS = ("qk_norm", "zero_init_proj", "logit_softcap", "value_embeds", "embed_skip", "window",
+                      "tie_embeddings")
+RECIPE_TRAIN_FLAGS = ("recipe", "optimizer", "muon_lr", "muon_momentum", "muon_weight_decay", "muon_lr_adjust",
+                      "embed_lr", "head_lr", "decay_frac")
+MODEL_FLAGS += RECIPE_MODEL_FLAGS
+TRAIN_FLAGS += RECIPE_TRAIN_FLAGS
 DISTILL_FLAGS = ("teacher", "distill_steps", "distill_alpha", "distill_temp")
 LLMC_FLAGS = ("parallel", "zero_stage", "train_shards", "val_shards", "max_steps", "sample_every", "sample_tokens",
               "hellaswag_every", "hellaswag_items", "hellaswag_file")  # defined in _add_llmc_flags (llm.c aliases)
@@ -35,11 +42,13 @@ def _field_flag(g: argparse._ActionsContainer, cls: type, name: str, *aliases: s
         opts["type"] = int if kind == "int" else float
     if "choices" in f.metadata:
         opts["choices"] = list(f.metadata["choices"])
+    if kind == "bool":  # --qk-norm / --no-qk-norm; unset stays None, so it is not an explicit choice
+        opts["action"] = argparse.BooleanOptionalAction
     g.add_argument(flag_name(name), *aliases, **{**opts, **extra})
 
 
-SPEEDRUN_MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "mlp", "norm", "pos")
-SPEEDRUN_TRAIN_FLAGS = ("seq_len", "batch_size", "lr", "compile", "threads", "log_to")
+SPEEDRUN_MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "mlp", "norm", "pos") + RECIPE_MODEL_FLAGS
+SPEEDRUN_TRAIN_FLAGS = ("seq_len", "batch_size", "lr", "compile", "threads", "log_to") + RECIPE_TRAIN_FLAGS
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -150,6 +159,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     train_values["out_dir"] = args.out
     train_values["progress"] = not args.no_progress
     tcfg = from_dict(TrainConfig, train_values, "flags")  # the file's own keys were checked above, naming it
+    from budgetlm.train.recipe import apply_recipe  # issue 21: values given by flag or file win over the bundle
+    mcfg, tcfg = apply_recipe(mcfg, tcfg, explicit=set(model_values) | set(train_values))
     resume = None
     if args.resume is not None:
         resume = args.resume or args.out

@@ -42,7 +42,7 @@ class ModelConfig:
     n_head: int = setting(4, "attention heads", min=1)
     n_kv_head: int | None = setting(None, "fewer than --n-head: grouped-query attention", min=1)
     n_embd: int = setting(128, "model width", min=1)
-    mlp: str = setting("gelu", "MLP type", choices=("gelu", "swiglu"))
+    mlp: str = setting("gelu", "MLP type (relu2: ReLU squared)", choices=("gelu", "swiglu", "relu2"))
     mlp_hidden: int | None = setting(None, "MLP width (default: 4*n_embd for gelu, ~8/3*n_embd for swiglu)", min=1)
     norm: str = setting("layernorm", "normalization", choices=("layernorm", "rmsnorm"))
     pos: str = setting("learned", "position encoding", choices=("learned", "rope"))
@@ -52,9 +52,24 @@ class ModelConfig:
     dropout: float = setting(0.0, "dropout probability", min=0.0, max=0.999)
     norm_eps: float = setting(1e-5, "epsilon of the norms", positive=True)
     vocab_multiple: int = setting(1, "pad embedding/head rows to a multiple of this (64: fast GPU matmuls)", min=1)
+    # issue 21: modern-recipe switches of the gpt transformer, each off by default (off = GPT-2 as before)
+    qk_norm: bool = setting(False, "RMS-normalize queries and keys per head")
+    zero_init_proj: bool = setting(False, "zero-init the attention-out and MLP-out projections")
+    logit_softcap: float = setting(0.0, "cap the logits: cap*tanh(logits/cap) (0 = off; e.g. 15)", min=0.0)
+    value_embeds: int = setting(0, "value-embedding tables mixed into the values of the first and last "
+                                "layers (0 = off)", min=0)
+    embed_skip: bool = setting(False, "each block adds the embedding output back in with a learned gain")
+    window: int = setting(0, "sliding-window attention: each token sees the last N tokens (0 = full causal)", min=0)
 
     def __post_init__(self) -> None:
         check_fields(self)
+        switches = [n for n in ("qk_norm", "zero_init_proj", "logit_softcap", "value_embeds", "embed_skip", "window")
+                    if getattr(self, n)]
+        if self.arch != "gpt" and switches:
+            raise BudgetLMError(f"model: {', '.join(switches)} apply to the gpt transformer only, not arch {self.arch}")
+        if 2 * self.value_embeds > self.n_layer:
+            raise BudgetLMError(f"model: value_embeds ({self.value_embeds}) serve a first and a last layer each: "
+                                f"at most n_layer/2 = {self.n_layer // 2}")
         if self.arch != "lstm":  # an LSTM has no attention heads, so no head-shape rules
             if self.n_embd % self.n_head:
                 raise BudgetLMError(f"model: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
@@ -194,6 +209,21 @@ class TrainConfig:
     val_shards: str | None = setting(None, "val shards glob (llm.c -j)")
     parallel: str = setting("auto", "under torchrun: ddp (default) or fsdp", choices=("auto", "ddp", "fsdp"))
     zero_stage: int = setting(0, "1: ZeRO-1, AdamW state sharded (ddp)", choices=(0, 1))
+    # issue 21: optimizer, per-group LRs, schedule and recipe (flat for now; the lead groups them)
+    recipe: str = setting("plain", "named bundle of model/optimizer switches (explicit flags win)",
+                          choices=("plain", "modern"))
+    optimizer: str = setting("adamw", "adamw, or muon: Muon for the blocks' matrices, AdamW for the rest",
+                             choices=("adamw", "muon"))
+    muon_lr: float = setting(0.02, "Muon's peak learning rate (scaled by the schedule like --lr)", positive=True)
+    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum", min=0.0, max=0.9999)
+    muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay", min=0.0)
+    muon_lr_adjust: str = setting("original", "Muon's per-shape LR scale: original = sqrt(max(1, rows/cols)) "
+                                  "(Keller Jordan), match_rms_adamw = 0.2*sqrt(max(rows, cols)) (Moonshot)",
+                                  choices=("original", "match_rms_adamw"))
+    embed_lr: float | None = setting(None, "AdamW LR of the embeddings (default --lr)", positive=True)
+    head_lr: float | None = setting(None, "AdamW LR of an untied LM head (default --lr)", positive=True)
+    decay_frac: float = setting(0.2, "--schedule wsd: the final fraction of the budget spent decaying",
+                                positive=True, max=1.0)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -40,6 +40,10 @@ def hf_family(cfg: ModelConfig) -> str:
         raise BudgetLMError(f"export: arch {cfg.arch!r} has no Hugging Face equivalent")
     # Position encoding decides the family: neither class can swap it.
     family = "GPT2LMHeadModel" if cfg.pos == "learned" else "LlamaForCausalLM"
+    switches = [f"{k}={getattr(cfg, k)}" for k in ("qk_norm", "logit_softcap", "value_embeds", "embed_skip", "window")
+                if getattr(cfg, k)]  # issue 21's switches: no HF class computes them (zero_init_proj is init only)
+    if switches:
+        raise BudgetLMError(f"export: {family} cannot express {', '.join(switches)}")
     bad = [f"{k}={getattr(cfg, k)}" for k, v in FAMILIES[family].items() if getattr(cfg, k) != v]
     if bad:
         need = ", ".join(f"{k}={v}" for k, v in FAMILIES[family].items())

@@ -177,6 +177,8 @@ def _apply_overrides(setup: Setup, overrides: dict) -> None:
         setattr(target, k, v)
     # Rebuilt, so the overrides pass the same checks as any config (e.g. n_embd divisible by n_head).
     setup.model, setup.train = dataclasses.replace(setup.model), dataclasses.replace(setup.train)
+    from budgetlm.train.recipe import apply_recipe  # issue 21: --recipe's bundle; explicit flags win
+    setup.model, setup.train = apply_recipe(setup.model, setup.train, explicit=given)
     if {"batch_size", "seq_len"} & set(given):
         setup.train.total_batch_tokens = None
     setup.model.block_size = max(setup.model.block_size, setup.train.seq_len)

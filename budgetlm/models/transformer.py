@@ -66,6 +66,45 @@ def init_weights(module: nn.Module, n_layer: int) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
 
+# ---- issue 21: modern-recipe switches (each off by default; off = the code path above, unchanged) ----
+class SoftcapLinear(nn.Linear):
+    """The LM head with logit soft-capping, cap * tanh(logits / cap) in fp32 (Gemma 2, modded-nanogpt):
+    bounded logits keep early training from overconfident spikes. The cap lives in the head itself,
+    so every caller of model.lm_head (loss, generation, fusion) sees the same capped logits."""
+
+    def __init__(self, d_in: int, d_out: int, cap: float) -> None:
+        super().__init__(d_in, d_out, bias=False)
+        self.cap = cap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cap * torch.tanh(super().forward(x).float() / self.cap)
+
+
+def window_mask(q_start: int, q_len: int, k_len: int, window: int, device: torch.device) -> torch.Tensor:
+    """Boolean (q_len, k_len) mask of causal sliding-window attention: query at position i sees keys
+    j with i - window < j <= i (queries sit at q_start.., keys at 0..)."""
+    qpos = torch.arange(q_start, q_start + q_len, device=device)[:, None]
+    kpos = torch.arange(k_len, device=device)[None, :]
+    return (kpos <= qpos) & (qpos - kpos < window)
+
+
+def value_embed_table(layer: int, n_layer: int, tables: int) -> int | None:
+    """Which value-embedding table layer `layer` mixes in: table i serves layer i and layer
+    n_layer - tables + i (the first and last layers, as in modded-nanogpt); None for the middle."""
+    if layer < tables:
+        return layer
+    if layer >= n_layer - tables:
+        return layer - (n_layer - tables)
+    return None
+
+
+def zero_residual_projections(model: nn.Module) -> None:
+    """Zero-init the attention-out and MLP-out projections: each block starts as the identity."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and getattr(module, "residual", False):
+            nn.init.zeros_(module.weight)
+
+
 # Grouped-query attention through SDPA's enable_gqa (torch >= 2.5) on CUDA half precision;
 # gqa_mode(False) restores the repeated-heads path (the bench's ablation row).
 NATIVE_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -138,15 +177,22 @@ class Attention(nn.Module):
         self.proj.residual = True  # scaled init, see init_weights
         self.kernel: str | None = None  # attention kernel asked for in training (set_attention_kernel)
 
-    def forward(self, x: torch.Tensor, rope: tuple | None, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple | None, cache: KVCache | None, layer: int,
+                ve: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         cfg, hd = self.cfg, self.cfg.head_dim
         q, k, v = self.qkv(x).split([cfg.n_head * hd, cfg.kv_heads * hd, cfg.kv_heads * hd], dim=-1)
         q, k, v = q.view(B, T, cfg.n_head, hd), k.view(B, T, cfg.kv_heads, hd), v.view(B, T, cfg.kv_heads, hd)
+        if ve is not None:  # issue 21: value embeddings, mixed in with two learned weights
+            mix = self.ve_mix.to(v.dtype)  # in the stream's dtype: SDPA's GPU kernels want q, k, v alike
+            v = mix[0] * v + mix[1] * ve.view_as(v).to(v.dtype)
+        if cfg.qk_norm:  # issue 21: RMS-normalized queries and keys per head (no gain), in fp32
+            q = F.rms_norm(q.float(), (hd,), eps=cfg.norm_eps).to(q.dtype)
+            k = F.rms_norm(k.float(), (hd,), eps=cfg.norm_eps).to(k.dtype)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd) views for SDPA
-        causal = self.causal
+        causal, start = self.causal, 0
         if cache is not None:
             start = cache.pos
             cache.k[layer][:, :, start:start + T] = k
@@ -163,10 +209,13 @@ class Attention(nn.Module):
             rep = cfg.n_head // cfg.kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         kernel = self.kernel if self.training and cache is None else None
+        extra = {"enable_gqa": True} if native else {}
+        if cfg.window:  # issue 21: sliding window through an explicit mask (flash/cuDNN take none)
+            extra["attn_mask"] = window_mask(start, T, k.size(2), cfg.window, q.device)
+            causal, kernel = False, None
         with sdpa_restriction(kernel, q, native):
             # native GQA: the fused kernels read the shared kv heads in place, no repeated copies
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=drop, **(
-                {"enable_gqa": True} if native else {}))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=drop, **extra)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -174,6 +223,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
+        self.relu2 = cfg.mlp == "relu2"  # issue 21: ReLU squared (Primer; modded-nanogpt)
         width = 2 * cfg.hidden if self.swiglu else cfg.hidden  # gate and up in one matmul
         self.up = nn.Linear(cfg.n_embd, width, bias=cfg.bias)
         self.down = nn.Linear(cfg.hidden, cfg.n_embd, bias=cfg.bias)
@@ -184,6 +234,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             return self.down(F.silu(gate) * up)
+        if self.relu2:
+            return self.down(F.relu(h).square())
         return self.down(F.gelu(h, approximate="tanh"))
 
 
@@ -193,12 +245,17 @@ class Block(nn.Module):
         self.norm1, self.attn = make_norm(cfg), Attention(cfg, causal)
         self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
         self.recompute_mlp = False  # recompute level 1: keep only the MLP's input, redo it in backward
+        # issue 21: embed_skip mixes the embedding output x0 back in; the gain starts at 0 (no change)
+        self.skip_gain = nn.Parameter(torch.zeros(1)) if cfg.embed_skip else None
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.norm2(x))
 
-    def forward(self, x: torch.Tensor, rope: tuple | None, cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope, cache, layer)
+    def forward(self, x: torch.Tensor, rope: tuple | None, cache: KVCache | None, layer: int,
+                x0: torch.Tensor | None = None, ve: torch.Tensor | None = None) -> torch.Tensor:
+        if self.skip_gain is not None:
+            x = x + self.skip_gain.to(x.dtype) * x0
+        x = x + self.attn(self.norm1(x), rope, cache, layer, ve)
         if self.recompute_mlp and self.training and torch.is_grad_enabled():
             return x + checkpoint(self._mlp, x, use_reentrant=False)
         return x + self._mlp(x)
@@ -214,6 +271,8 @@ def finish_stack(model: nn.Module, cfg: ModelConfig) -> None:
         model.register_buffer("rope_cos", cos, persistent=False)
         model.register_buffer("rope_sin", sin, persistent=False)
     model.apply(lambda module: init_weights(module, cfg.n_layer))
+    if cfg.zero_init_proj:  # issue 21
+        zero_residual_projections(model)
 
 
 def set_attention_kernel(model: nn.Module, kernel: str | None) -> None:
@@ -244,7 +303,14 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False)
+        self.lm_head = SoftcapLinear(cfg.n_embd, cfg.padded_vocab, cfg.logit_softcap) if cfg.logit_softcap \
+            else nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False)
+        if cfg.value_embeds:  # issue 21: token -> value-vector tables, shared by a first and a last layer
+            self.value_tables = nn.ModuleList(nn.Embedding(cfg.padded_vocab, cfg.kv_heads * cfg.head_dim)
+                                              for _ in range(cfg.value_embeds))
+            for i, block in enumerate(self.blocks):
+                if value_embed_table(i, cfg.n_layer, cfg.value_embeds) is not None:
+                    block.attn.ve_mix = nn.Parameter(torch.tensor([0.5, 0.5]))
         self.set_head(HeadOptions())  # fused_loss, ce_kernel, fp8_head, half_residual: see HeadOptions
         self.recompute = 0  # 0: keep all activations; 1: recompute MLPs; 2: recompute whole blocks
         finish_stack(self, cfg)
@@ -274,6 +340,8 @@ class GPT(nn.Module):
         n = self.num_params() - (self.wpe.weight.numel() if self.wpe is not None else 0)
         if not cfg.tie_embeddings:
             n -= self.wte.weight.numel()
+        if cfg.value_embeds:  # issue 21: value-embedding tables are lookups too
+            n -= sum(t.weight.numel() for t in self.value_tables)
         return 6 * n + 6 * cfg.n_layer * cfg.n_embd * seq_len  # causal: half of 12*L*d*T
 
     def flops_per_token_full_attention(self, seq_len: int) -> float:
@@ -299,9 +367,14 @@ class GPT(nn.Module):
             # doubles the bytes every norm and residual add moves and the activations kept.
             x = x.to(torch.get_autocast_dtype(x.device.type))
         x = self.drop(x)
+        x0 = x if self.cfg.embed_skip else None
+        tables = [t(idx) for t in self.value_tables] if self.cfg.value_embeds else []
         whole = self.recompute == 2 and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = checkpoint(block, x, rope, None, i, use_reentrant=False) if whole else block(x, rope, cache, i)
+            j = value_embed_table(i, self.cfg.n_layer, len(tables)) if tables else None
+            ve = tables[j] if j is not None else None
+            x = checkpoint(block, x, rope, None, i, x0, ve, use_reentrant=False) if whole \
+                else block(x, rope, cache, i, x0, ve)
         if cache is not None:
             cache.pos += T
         return self.norm_f(x)
@@ -314,6 +387,10 @@ class GPT(nn.Module):
         """
         h = self.hidden_states(idx, cache)
         V = self.cfg.vocab_size
+        if self.cfg.logit_softcap:  # issue 21: the chunked and kernel heads know no cap: plain head
+            logits = self.lm_head(h)
+            loss = padded_cross_entropy(logits, targets, V) if targets is not None else None
+            return logits[..., :V], loss
         if targets is not None and self.fused_loss:
             return None, fused_linear_cross_entropy(h.view(-1, h.size(-1)), self.lm_head.weight, targets, V)
         if targets is not None and self.ce_kernel:

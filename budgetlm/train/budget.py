@@ -172,11 +172,11 @@ class BudgetClock:
         return self.max_frac >= 1.0
 
     def lr(self, step: int, lr: float, schedule: str, warmup_frac: float, min_lr_frac: float,
-           warmup_steps: int | None = None) -> float:
+           warmup_steps: int | None = None, decay_frac: float = 0.2) -> float:
         """The learning rate at max_frac; an explicit warmup in steps overrides the fraction's."""
         if warmup_steps is None:
-            return lr_at(self.max_frac, lr, schedule, warmup_frac, min_lr_frac)
-        return lr_at(self.max_frac, lr, schedule, 0.0, min_lr_frac) * min(1.0, (step + 1) / max(1, warmup_steps))
+            return lr_at(self.max_frac, lr, schedule, warmup_frac, min_lr_frac, decay_frac)
+        return lr_at(self.max_frac, lr, schedule, 0.0, min_lr_frac, decay_frac) * min(1.0, (step + 1) / max(1, warmup_steps))
 
     def measured_eval_speed(self, speed: float) -> None:
         """Size the final eval and its reserve from a measured eval speed (tokens/s, rank 0's)."""

@@ -35,7 +35,7 @@ from budgetlm.train.eval_points import EvalPoints
 from budgetlm.train.evaluator import Evaluator
 from budgetlm.train.fastpath import FastPath, resolve_fast_path
 from budgetlm.train.interrupt import RunStopped, StopSignals, signal_name
-from budgetlm.train.optim import make_optimizer
+from budgetlm.train.optim import make_optimizer, set_group_lrs
 from budgetlm.train.progress import Progress
 from budgetlm.train.runlock import hold_run_lock
 from budgetlm.train.sinks import drop_metrics_after, open_sinks
@@ -260,9 +260,8 @@ def _loop(r: Run, stop: StopSignals) -> int:
             return stopped_by
         if bc.spent or (r.stop_after_steps is not None and st.step >= r.stop_after_steps):
             return 0
-        lr = bc.lr(st.step, cfg.lr, cfg.schedule, cfg.warmup_frac, cfg.min_lr_frac, cfg.warmup_steps)
-        for g in r.optimizer.param_groups:
-            g["lr"] = lr
+        lr = bc.lr(st.step, cfg.lr, cfg.schedule, cfg.warmup_frac, cfg.min_lr_frac, cfg.warmup_steps, cfg.decay_frac)
+        set_group_lrs(r.optimizer, lr)  # each group: lr times its own scale (train/optim.py)
         result = train_step(r.run_model, r.model, r.optimizer, r.loader, r.ctx, accum=r.accum, device=r.device,
                             autocast=r.evaluator.autocast, cuda_graphs=r.fast.cuda_graphs,
                             graph_grads=r.fast.graph_grads, grad_clip=cfg.grad_clip,

@@ -1,0 +1,114 @@
+"""Issue 21 on CPU: the plain recipe against Muon, each model switch alone and the modern bundle.
+
+Every arm is a full speedrun (the same sizing, tokenizer and budget as the default run) on the
+shared TinyStories text with its last 10% of stories held out (speedrun_e2e.split_stories); each
+checkpoint is then scored on the held-out stories with `budgetlm eval --text`, so every arm is
+measured on the same text by the same code. N seeds per arm, Welch's t-test of each arm's held-out
+BPB against plain's; per-arm tokens/s. Rows go to benchmarks/results.jsonl.
+
+  python benchmarks/recipe_arms.py [--budget 5m] [--seeds 1337 1338 1339] [--arms plain muon modern]
+      [--data TEXT_FILE] [--work DIR]
+A 5-minute budget x 12 arms x 3 seeds is three hours: run it on a machine nobody else is timing on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import SHARED_STORIES, print_table, record  # noqa: E402
+from benchmarks.speedrun_e2e import _cli, split_stories  # noqa: E402
+from budgetlm.speedrun import speedrun  # noqa: E402
+from budgetlm.sweep_report import welch_p  # noqa: E402
+
+ALPHA = 0.05
+# Overrides on top of the speedrun's own sizing; each switch alone, then the bundle (train/recipe.py).
+ARMS: dict[str, dict] = {
+    "plain": {},
+    "muon": dict(optimizer="muon"),
+    "qk_norm": dict(qk_norm=True),
+    "relu2": dict(mlp="relu2"),
+    "zero_init_proj": dict(zero_init_proj=True),
+    "untied": dict(tie_embeddings=False),
+    "softcap15": dict(logit_softcap=15.0),
+    "value_embeds": dict(value_embeds=1),
+    "embed_skip": dict(embed_skip=True),
+    "window32": dict(window=32),  # half the CPU default seq len (64)
+    "wsd": dict(schedule="wsd", decay_frac=0.4),
+    "modern": dict(recipe="modern"),
+}
+
+
+def run_arm(name: str, budget: str, seed: int, train_txt: Path, heldout: Path, work: Path) -> dict:
+    out = work / f"{name}-s{seed}"
+    info, _ = speedrun(budget, str(train_txt), out_dir=str(out), seed=seed, cache_root=str(work / "data"),
+                       overrides={**ARMS[name], "progress": False}, log=lambda *_: None)
+    m, t = info.extra["model"], info.extra["train"]
+    row = {"arm": name, "seed": seed, "budget": budget, "params": info.params, "tokens_seen": info.tokens_seen,
+           "tok_per_s": info.tokens_per_s, "steady_tok_per_s": info.extra.get("steady_tokens_per_s"),
+           "own_val_bpb": info.val_bpb, "overrides": ARMS[name],
+           "shape": f"{m['n_layer']}x{m['n_embd']} v{m['vocab_size']} seq{t['seq_len']} b{t['batch_size']}"}
+    ev = work / f"{name}-s{seed}-heldout.json"
+    rc, _ = _cli(ROOT, ["eval", str(out), "--text", str(heldout), "--out", str(ev)], ev.with_suffix(".log"), 1800)
+    if rc == 0:
+        r = json.loads(ev.read_text())
+        row.update(heldout_bpb=r["val_bpb"], heldout_loss=r["val_loss"], heldout_tokens=r["val_tokens"])
+    else:
+        row["heldout_error"] = ev.with_suffix(".log").read_text()[-500:]
+    return row
+
+
+def verdicts(rows: list[dict]) -> list[dict]:
+    """Per arm: mean/stdev of held-out BPB and tokens/s, Welch's p against plain, and the verdict."""
+    by_arm: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("heldout_bpb") is not None:
+            by_arm.setdefault(r["arm"], []).append(r)
+    base = [r["heldout_bpb"] for r in by_arm.get("plain", [])]
+    out = []
+    for arm, rs in by_arm.items():
+        bpb = [r["heldout_bpb"] for r in rs]
+        row = {"arm": arm, "n": len(bpb), "bpb_mean": statistics.fmean(bpb),
+               "bpb_std": statistics.stdev(bpb) if len(bpb) > 1 else 0.0,
+               "tok_per_s": statistics.fmean(r["tok_per_s"] for r in rs)}
+        if arm != "plain" and len(bpb) > 1 and len(base) > 1:
+            p = welch_p(bpb, base)
+            better = row["bpb_mean"] < statistics.fmean(base)
+            row.update(p_vs_plain=p, bpb_vs_plain=row["bpb_mean"] / statistics.fmean(base),
+                       verdict=("better" if better else "worse") if p < ALPHA else "no difference")
+        out.append(row)
+    return sorted(out, key=lambda r: r["bpb_mean"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--budget", default="5m")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[1337, 1338, 1339])
+    ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--data", default=str(SHARED_STORIES), help="stories text; its last 10%% is held out")
+    ap.add_argument("--work", help="folder for the split, runs and evals (default: a temporary one)")
+    ap.add_argument("--no-record", action="store_true", help="print only; append nothing to results.jsonl")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(a.work or tmp).resolve()
+        split_stories(a.data, str(work / "split"))
+        rows = []
+        for seed in a.seeds:  # seeds outermost: a cut-short run still has every arm for the first seeds
+            for name in a.arms:
+                rows.append(run_arm(name, a.budget, seed, work / "split/train.txt", work / "split/heldout.txt", work))
+                print(json.dumps(rows[-1]), flush=True)
+    summary = verdicts(rows)
+    print_table(summary, ["arm", "n", "bpb_mean", "bpb_std", "bpb_vs_plain", "p_vs_plain", "verdict", "tok_per_s"])
+    if not a.no_record:
+        record("recipe_arms", rows, budget=a.budget, data=Path(a.data).name)
+        record("recipe_arms_summary", summary, budget=a.budget, data=Path(a.data).name, seeds=a.seeds)
+
+
+if __name__ == "__main__":
+    main()

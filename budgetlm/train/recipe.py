@@ -1,0 +1,64 @@
+"""Training recipes: named bundles of model and optimizer switches, applied before training.
+
+`plain` is GPT-2 with AdamW and a cosine schedule (the project's default, nothing changed).
+`modern` bundles the ideas of the modded-nanogpt speedrun that fit this codebase: Muon for the
+block matrices, RoPE, RMSNorm without biases, QK-norm, ReLU², zero-initialised output projections,
+an untied head, logit soft-capping, value embeddings, skip connections from the embedding, and a
+warmup-stable-decay schedule with a long decay. Which recipe is the default is decided by
+measurement (benchmarks/recipe_arms.py, benchmarks/gpu_recipe_evidence.sh); until then, plain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+from budgetlm.config import ModelConfig, TrainConfig
+from budgetlm.errors import BudgetLMError
+
+RECIPES = ("plain", "modern")
+
+
+def modern_model(cfg: ModelConfig) -> dict[str, Any]:
+    """The modern recipe's model switches (value embeddings only where a first and a last layer exist)."""
+    return dict(pos="rope", norm="rmsnorm", bias=False, qk_norm=True, mlp="relu2", zero_init_proj=True,
+                tie_embeddings=False, logit_softcap=15.0, value_embeds=min(1, cfg.n_layer // 2),
+                embed_skip=True)
+
+
+# The speedrun decays over its last ~40% of steps; Muon's LR 0.02 is Keller Jordan's Muon default.
+MODERN_TRAIN: dict[str, Any] = dict(optimizer="muon", muon_lr=0.02, schedule="wsd", decay_frac=0.4)
+
+
+def apply_recipe(model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 explicit: Iterable[str] = ()) -> tuple[ModelConfig, TrainConfig]:
+    """(model config, train config) with train_cfg.recipe's bundle applied; fields named in
+    `explicit` (set by the user: flags or a config file) keep their values. Checks the mix."""
+    if train_cfg.recipe not in RECIPES:
+        raise BudgetLMError(f"--recipe must be one of {', '.join(RECIPES)}, got {train_cfg.recipe!r}")
+    explicit = set(explicit)
+    if train_cfg.recipe == "modern":
+        if model_cfg.arch != "gpt":
+            raise BudgetLMError(f"--recipe modern is for the gpt transformer, not --arch {model_cfg.arch}")
+        keep = lambda values: {k: v for k, v in values.items() if k not in explicit}
+        model_cfg = dataclasses.replace(model_cfg, **keep(modern_model(model_cfg)))
+        train_cfg = dataclasses.replace(train_cfg, **keep(MODERN_TRAIN))
+    check_switches(model_cfg, train_cfg)
+    return model_cfg, train_cfg
+
+
+def check_switches(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Refuse, before training, the combinations the switches cannot serve."""
+    if model_cfg.logit_softcap:
+        for name in ("fused_loss", "ce_kernel", "fp8_head"):
+            if getattr(train_cfg, name) == "on":
+                raise BudgetLMError(f"--{name.replace('_', '-')} on: that head has no logit soft-cap; "
+                                    f"use --logit-softcap 0 or --{name.replace('_', '-')} auto")
+    if train_cfg.optimizer == "muon":
+        if train_cfg.parallel == "fsdp":
+            raise BudgetLMError("--optimizer muon does not support --parallel fsdp (it orthogonalizes whole "
+                                "matrices, FSDP2 holds row shards); use --parallel ddp")
+        if train_cfg.zero_stage:
+            raise BudgetLMError("--zero-stage 1 shards AdamW only; use --zero-stage 0 with --optimizer muon")
+        if model_cfg.arch == "lstm":
+            raise BudgetLMError("--optimizer muon: --arch lstm has no transformer blocks")
