@@ -51,7 +51,7 @@ def test_time_budget_gets_periodic_bounded_evals_and_ends_on_time(time_run):
 
 
 def test_slow_evals_mean_fewer_points_not_a_late_run(synth_data, tmp_path, monkeypatch):
-    """Evals that cost more than the periodic share (here: 0.2 s each, 2% of 2 s is 0.04 s) are skipped."""
+    """Evals that cost more than the periodic share (here: 0.2 s each, 1% of 2 s is 0.02 s) are skipped."""
     import time
     from budgetlm.train import evaluator
 
@@ -175,10 +175,10 @@ def test_eval_points_schedule_and_share():
     assert EvalPoints.for_run(parse_budget("60s"), 10, 50, 32, 65536, 0.0) is None  # --eval-every wins
     p = EvalPoints.for_run(parse_budget("100s"), 10, 0, 32, 65536, 0.0)
     assert not p.due(0.05) and p.due(0.1)
-    # 2% of 100 s over 10 points = 0.2 s each; at 10k tokens/s that is 2,000 tokens, in whole sequences
-    assert p.tokens(10_000, 0.1) == 1984
-    p.spent_s = 0.2
-    assert p.tokens(10_000, 0.15) == 0  # 0.4 s would exceed 2% of the 15 s spent
+    # 1% of 100 s over 10 points = 0.1 s each; at 10k tokens/s that is 1,000 tokens, in whole sequences
+    assert p.tokens(10_000, 0.1) == 992
+    p.spent_s = 0.1
+    assert p.tokens(10_000, 0.15) == 0  # 0.2 s would exceed 1% of the 15 s spent
     p.advance(0.37)
     assert p.next_frac == pytest.approx(0.4)
     p.advance(0.95)
