@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from budgetlm.data.shards import write_shard
+from budgetlm.data.shards import ShardWriter, llmc_names
 from budgetlm.data.sources import hub_reachable
 from budgetlm.data.tokenizers import TOKENIZER_FILE, load_gpt2
 from budgetlm.errors import BudgetLMError
@@ -135,40 +135,6 @@ def encode_stream(docs: Iterable[str], workers: int) -> Iterator[np.ndarray]:
             yield pending.popleft().get()
 
 
-class LlmcShardWriter:
-    """Shard 0 = val (val_tokens), then train shards of shard_tokens, named as llm.c names them."""
-
-    def __init__(self, out: Path, prefix: str, vocab_size: int, shard_tokens: int, val_tokens: int) -> None:
-        self.out, self.prefix, self.vocab_size = out, prefix, vocab_size
-        self.shard_tokens, self.val_tokens = shard_tokens, val_tokens
-        self.index, self.parts, self.fill = 0, [], 0
-        self.written: list[tuple[str, int]] = []
-
-    def _target(self) -> int:
-        return self.val_tokens if self.index == 0 else self.shard_tokens
-
-    def add(self, tokens: np.ndarray) -> None:
-        while tokens.size:
-            take = tokens[: self._target() - self.fill]
-            self.parts.append(take)
-            self.fill += take.size
-            tokens = tokens[take.size:]
-            if self.fill == self._target():
-                self._flush()
-
-    def _flush(self) -> None:
-        split = "val" if self.index == 0 else "train"
-        name = f"{self.prefix}_{split}_{self.index:06d}.bin"
-        data = np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=np.uint16)
-        write_shard(self.out / name, data, self.vocab_size)
-        self.written.append((name, int(data.size)))
-        self.index, self.parts, self.fill = self.index + 1, [], 0
-
-    def close(self) -> None:
-        if self.fill:
-            self._flush()
-
-
 def prepare_fineweb(out_dir: str | Path, sample: str = "10BT", shard_tokens: int = 100_000_000,
                     max_tokens: int | None = None, val_tokens: int | None = None, workers: int | None = None,
                     repo: str = REPO, prefix: str = "fineweb",
@@ -193,7 +159,7 @@ def prepare_fineweb(out_dir: str | Path, sample: str = "10BT", shard_tokens: int
     tok = load_gpt2()
     names = list_files(sample, repo)
     workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
-    writer = LlmcShardWriter(out, prefix, tok.vocab_size, shard_tokens, val_tokens)
+    writer = ShardWriter(out, tok.vocab_size, shard_tokens, name=llmc_names(prefix), first_tokens=val_tokens, min_shards=0)
     want = None if max_tokens is None else val_tokens + max_tokens
     total = docs = 0
     stream = encode_stream(iter_documents(names, lambda n: fetch(n, repo), prefetch=max_tokens is None), workers)

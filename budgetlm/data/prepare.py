@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from budgetlm.data.shards import write_shard
+from budgetlm.data.shards import ShardWriter, write_shard
 from budgetlm.data.sources import open_source
 from budgetlm.data.tokenizers import TOKENIZER_FILE, Tokenizer, build_tokenizer, load_tokenizer
 from budgetlm.errors import BudgetLMError
@@ -38,36 +38,6 @@ def _take_chars(it: Iterator[str], max_chars: int) -> list[str]:
         if n >= max_chars:
             break
     return docs
-
-
-class ShardWriter:
-    """Cuts a token stream into fixed-size shards named {split}_000000.bin, ..."""
-
-    def __init__(self, out_dir: Path, split: str, vocab_size: int, shard_tokens: int) -> None:
-        self.out_dir, self.split, self.vocab_size, self.shard_tokens = out_dir, split, vocab_size, shard_tokens
-        self.buf: list[np.ndarray] = []
-        self.buffered = 0
-        self.count = 0
-        self.total = 0
-
-    def add(self, tokens: np.ndarray) -> None:
-        self.buf.append(tokens)
-        self.buffered += tokens.size
-        self.total += tokens.size
-        while self.buffered >= self.shard_tokens:
-            flat = np.concatenate(self.buf)
-            self._write(flat[: self.shard_tokens])
-            rest = flat[self.shard_tokens:]
-            self.buf, self.buffered = [rest], rest.size
-
-    def _write(self, tokens: np.ndarray) -> None:
-        write_shard(self.out_dir / f"{self.split}_{self.count:06d}.bin", tokens, self.vocab_size)
-        self.count += 1
-
-    def close(self) -> None:
-        if self.buffered or self.count == 0:
-            self._write(np.concatenate(self.buf) if self.buf else np.zeros(0, dtype=np.uint16))
-        self.buf, self.buffered = [], 0
 
 
 def prepare(src: str, tokenizer: str | None, out_dir: str | Path, max_tokens: int | None = None,
@@ -115,7 +85,7 @@ def prepare(src: str, tokenizer: str | None, out_dir: str | Path, max_tokens: in
     chunks: list[np.ndarray] = []
     n_docs = n_tok = 0
     stream = itertools.chain(first, train_docs)
-    writer = None if held_out else ShardWriter(out, "train", tok.vocab_size, shard_tokens)
+    writer = None if held_out else ShardWriter(out, tok.vocab_size, shard_tokens)
     batch_docs = 64
     while target is None or n_tok < target:
         batch = list(itertools.islice(stream, batch_docs))
@@ -141,7 +111,7 @@ def prepare(src: str, tokenizer: str | None, out_dir: str | Path, max_tokens: in
         starts = np.flatnonzero(allt == tok.eot_id)
         cut = int(starts[n_docs - n_val_docs]) if n_val_docs else allt.size
         train_tokens, val_tokens = allt[:cut], allt[cut:]
-        writer = ShardWriter(out, "train", tok.vocab_size, shard_tokens)
+        writer = ShardWriter(out, tok.vocab_size, shard_tokens)
         writer.add(train_tokens)
         val_docs = n_val_docs
     else:
@@ -155,7 +125,7 @@ def prepare(src: str, tokenizer: str | None, out_dir: str | Path, max_tokens: in
 
     meta = {
         "source": src, "tokenizer": tok.spec, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
-        "train_tokens": int(writer.total), "val_tokens": int(val_tokens.size), "train_shards": writer.count,
+        "train_tokens": int(writer.total), "val_tokens": int(val_tokens.size), "train_shards": len(writer.written),
         "docs_read": n_docs, "val_docs": val_docs, "lowercase": all(d == d.lower() for d in first[:1000]),
         "val_split": f"last {val_frac:.0%} of documents read" if held_out else "the source's validation split",
         "max_tokens": max_tokens, "seed": seed, "tokenizer_seconds": round(t_tok, 2),

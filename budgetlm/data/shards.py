@@ -2,12 +2,14 @@
 
 Layout: a header of 256 little-endian int32 — [0] magic 20240520, [1] version, [2] token
 count — then the tokens: uint16 for version 1 (vocabularies up to 65,536), uint32 for
-version 2. Shards are read with numpy.memmap: nothing is loaded until it is used.
+version 2. Shards are read with numpy.memmap: nothing is loaded until it is used, and written
+by one ShardWriter (prepare, fineweb and the stream producer all cut their tokens with it).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +141,71 @@ def load_pattern(pattern: str) -> np.ndarray | ShardedTokens:
     if not paths:
         raise BudgetLMError(f"{pattern}: no shards match")
     return _joined([read_shard(x) for x in paths])
+
+
+def split_names(split: str) -> Callable[[int], str]:
+    """budgetlm's shard names: {split}_000000.bin, {split}_000001.bin, ..."""
+    return lambda index: f"{split}_{index:06d}.bin"
+
+
+def llmc_names(prefix: str) -> Callable[[int], str]:
+    """llm.c's names: shard 0 is validation ({prefix}_val_000000.bin), then {prefix}_train_000001.bin, ..."""
+    return lambda index: f"{prefix}_{'val' if index == 0 else 'train'}_{index:06d}.bin"
+
+
+class ShardWriter:
+    """Cuts a token stream, fed in pieces of any size, into shards of `shard_tokens` tokens
+    (shard 0 of `first_tokens` when given: llm.c's validation shard), each written atomically.
+
+    The one writer behind prepare, fineweb and the stream producer. `start` and `carry` continue
+    a stream whose shards before `start` are on disk and whose unwritten tail is `carry`; close()
+    writes that tail as a last, shorter shard, and an empty shard when fewer than `min_shards`
+    were written (a split always has a file to read).
+    """
+
+    def __init__(self, out_dir: str | Path, vocab_size: int, shard_tokens: int,
+                 name: Callable[[int], str] = split_names("train"), first_tokens: int | None = None,
+                 start: int = 0, carry: np.ndarray | None = None, min_shards: int = 1) -> None:
+        if shard_tokens < 1:  # a zero-token shard never fills
+            raise BudgetLMError(f"shard size must be positive, got {shard_tokens}")
+        self.out_dir, self.vocab_size, self.name = Path(out_dir), vocab_size, name
+        self.shard_tokens, self.first_tokens, self.min_shards = shard_tokens, first_tokens, min_shards
+        self.index = start  # the next shard's number
+        self.parts: list[np.ndarray] = [] if carry is None or not carry.size else [carry]
+        self.fill = sum(p.size for p in self.parts)
+        self.total = 0  # tokens added (not counting carry)
+        self.written: list[tuple[str, int]] = []  # (file name, tokens) of the shards this writer wrote
+
+    def _target(self) -> int:
+        return self.first_tokens if self.index == 0 and self.first_tokens is not None else self.shard_tokens
+
+    def add(self, tokens: np.ndarray) -> int:
+        """Buffer tokens, writing every shard they fill; returns the number of shards written."""
+        before = len(self.written)
+        self.total += tokens.size
+        while tokens.size:
+            take = tokens[: self._target() - self.fill]
+            self.parts.append(take)
+            self.fill += take.size
+            tokens = tokens[take.size:]
+            if self.fill == self._target():
+                self._flush()
+        return len(self.written) - before
+
+    def pending(self) -> np.ndarray:
+        """The buffered tokens no full shard holds yet (the stream saves them to resume from)."""
+        if len(self.parts) > 1:
+            self.parts = [np.concatenate(self.parts)]
+        return self.parts[0] if self.parts else np.zeros(0, dtype=np.uint16)
+
+    def _flush(self) -> None:
+        data = self.pending()
+        name = self.name(self.index)
+        write_shard(self.out_dir / name, data, self.vocab_size)
+        self.written.append((name, int(data.size)))
+        self.index, self.parts, self.fill = self.index + 1, [], 0
+
+    def close(self) -> None:
+        """Write the buffered tail as a last shard (or an empty one if the split has none yet)."""
+        if self.fill or self.index < self.min_shards:
+            self._flush()

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from budgetlm.data.prepare import _take_chars
-from budgetlm.data.shards import read_shard, write_shard
+from budgetlm.data.shards import ShardWriter, read_shard, write_shard
 from budgetlm.errors import BudgetLMError
 
 STATE_FILE = "stream_state.json"
@@ -297,6 +297,7 @@ def produce(spec: StreamSpec, out: str | Path, parent: int | None = None, log=pr
     threads = spec.threads or max(2, (os.cpu_count() or 2) - 1)
     batch_chars = spec.batch_chars or max(1 << 20, (128 << 10) * threads)
     shards, pieces_done = state["shards"], state["pieces"]
+    writer = ShardWriter(out, tok.vocab_size, spec.shard_tokens, start=shards, carry=carry)
     batch, chars = [], 0
     done = False
     flushed = time.perf_counter()
@@ -309,20 +310,15 @@ def produce(spec: StreamSpec, out: str | Path, parent: int | None = None, log=pr
             if chars < batch_chars and time.perf_counter() - flushed < 0.25:
                 continue
         done = piece is None
-        enc = encode_pieces(tok, batch)
-        buf = np.concatenate([carry.astype(enc.dtype), enc])
-        n_full = buf.size // spec.shard_tokens
-        for s in range(n_full):
-            write_shard(out / f"train_{shards:06d}.bin", buf[s * spec.shard_tokens:(s + 1) * spec.shard_tokens], tok.vocab_size)
-            shards += 1
-        carry = buf[n_full * spec.shard_tokens:]
+        n_full = writer.add(encode_pieces(tok, batch))
         pieces_done += len(batch)
         batch, chars, flushed = [], 0, time.perf_counter()
-        capped = spec.max_tokens is not None and shards * spec.shard_tokens >= _cap(spec)
-        if done and (carry.size or shards == 0):
-            write_shard(out / f"train_{shards:06d}.bin", carry, tok.vocab_size)
-            shards, carry = shards + 1, carry[:0]
+        capped = spec.max_tokens is not None and writer.index * spec.shard_tokens >= _cap(spec)
+        if done:
+            writer.close()
+        shards = writer.index
         if n_full or done or capped:
+            carry = writer.pending()
             old_carry = out / CARRY_FILE.format(state["shards"])
             write_shard(out / CARRY_FILE.format(shards), carry, tok.vocab_size)
             state = {**state, "shards": shards, "pieces": pieces_done, "carry": int(carry.size),
