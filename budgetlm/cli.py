@@ -27,8 +27,8 @@ LLMC_FLAGS = ("parallel", "zero_stage", "train_shards", "val_shards", "max_steps
 def _field_flag(g: argparse._ActionsContainer, cls: type, name: str, *aliases: str, **extra) -> None:
     """A flag for one config field: help, choices and type from its metadata (config.setting), so a
     flag's rules live in one place; values are checked again, with the rest, by the config itself."""
-    from budgetlm.config import field_kind, flag_name
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    from budgetlm.config import field_kind, flag_name, leaf_field
+    f = leaf_field(cls, name)
     kind = field_kind(f)[0]
     opts = {"help": f.metadata.get("help")}
     if kind in ("int", "float"):
@@ -282,11 +282,11 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
 def _check_speedrun_overrides(overrides: dict) -> None:
     """The speedrun's flags checked before it sizes, prepares or calibrates anything: each value by its
     field's rules, and the head shape when both sides of it are given (the rest follows the sizing)."""
-    from budgetlm.config import ModelConfig, TrainConfig, check_value
+    from budgetlm.config import ModelConfig, TrainConfig, check_value, leaf_field, leaf_paths
     for cls in (ModelConfig, TrainConfig):
-        for f in dataclasses.fields(cls):
-            if f.name in overrides:
-                check_value(f, overrides[f.name])
+        for name in overrides:
+            if name in leaf_paths(cls):
+                check_value(leaf_field(cls, name), overrides[name])
     if "n_head" in overrides and "n_embd" in overrides:
         ModelConfig(**{k: overrides[k] for k in ("n_head", "n_embd", "pos") if k in overrides})
 

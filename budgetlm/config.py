@@ -12,7 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from budgetlm.errors import BudgetLMError
 
@@ -133,38 +133,58 @@ def model_config(preset: str | None = None, **overrides: Any) -> ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Everything the trainer needs besides the model shape and the data."""
+class OptimConfig:
+    """TrainConfig.optim: the optimizer (AdamW)."""
 
-    budget: str = setting("5m", "5m, 2h, 300s, 50M-tokens, 1000-steps", budget=True)
-    batch_size: int = setting(32, "sequences per micro-batch", min=1)
-    total_batch_tokens: int | None = setting(None, "tokens per step (gradient accumulation)", min=1)
-    seq_len: int = setting(256, "tokens per training sequence", min=1)
     lr: float = setting(2e-3, "peak learning rate", positive=True)
-    min_lr_frac: float = setting(0.1, "floor of the decay, as a fraction of --lr", min=0.0, max=1.0)
-    warmup_frac: float = setting(0.05, "warmup as a fraction of the budget", min=0.0, max=1.0)
-    warmup_steps: int | None = setting(None, "explicit warmup steps (overrides --warmup-frac)", min=0)
-    schedule: str = setting("cosine", "learning-rate schedule", choices=("cosine", "linear", "wsd", "constant"))
     weight_decay: float = setting(0.1, "AdamW weight decay", min=0.0)
     beta1: float = setting(0.9, "AdamW beta1", min=0.0, max=0.9999)
     beta2: float = setting(0.95, "AdamW beta2", min=0.0, max=0.9999)
     grad_clip: float = setting(1.0, "gradient-norm clip (0 = off)", min=0.0)
-    seed: int = setting(1337, "random seed", min=0)
-    device: str = setting("auto", "auto, cpu, cuda, cuda:N, mps")
-    dtype: str = setting("auto", "compute dtype", choices=("auto", "float32", "bfloat16"))
-    compile: str = setting("auto", "torch.compile", choices=ONOFF)
-    threads: int | None = setting(None, "CPU threads", min=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class ScheduleConfig:
+    """TrainConfig.schedule: the learning-rate schedule."""
+
+    schedule: str = setting("cosine", "learning-rate schedule", choices=("cosine", "linear", "wsd", "constant"))
+    warmup_frac: float = setting(0.05, "warmup as a fraction of the budget", min=0.0, max=1.0)
+    warmup_steps: int | None = setting(None, "explicit warmup steps (overrides --warmup-frac)", min=0)
+    min_lr_frac: float = setting(0.1, "floor of the decay, as a fraction of --lr", min=0.0, max=1.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class EvalConfig:
+    """TrainConfig.eval: validation, HellaSwag and samples during training."""
+
     eval_every: int = setting(0, "steps between evals (0 = time budgets: --eval-points evals spread over the "
                               "budget; other budgets: only at the end)", min=0)
     eval_points: int = setting(10, "with --eval-every 0 and a time budget: an eval at each 1/N of it (0 = none)",
                                min=0)
     eval_tokens: int = setting(65536, "validation tokens scored at each eval", min=1)
     final_eval_tokens: int = setting(0, "validation tokens of the final eval (0 = the whole split)", min=0)
-    checkpoint_every: int = setting(0, "steps between checkpoints (0 = only at the end)", min=0)
-    log_every: int = setting(10, "steps between log lines", min=1)
-    log_to: str = setting("auto", "metric sinks: jsonl,tensorboard,wandb (auto = jsonl + tensorboard when installed)")
-    out_dir: str = setting("runs/latest", "run folder")
-    progress: bool = setting(True, "live progress bar")
+    hellaswag_every: int = setting(0, "steps between HellaSwag evals (0 = never; also at the end)", min=0)
+    hellaswag_items: int = setting(0, "HellaSwag items per eval (0 = all 10,042)", min=0)
+    hellaswag_file: str | None = setting(None, "a local HellaSwag val file (.jsonl or .jsonl.xz) instead of the download")
+    sample_every: int = setting(0, "steps between samples printed by rank 0 (0 = never)", min=0)
+    sample_tokens: int = setting(64, "tokens per sample", min=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class FastConfig:
+    """TrainConfig.fast: the fast path: precision, compilation, kernels, memory savers."""
+
+    dtype: str = setting("auto", "compute dtype", choices=("auto", "float32", "bfloat16"))
+    compile: str = setting("auto", "torch.compile", choices=ONOFF)
     fused_loss: str = setting("auto", "chunked head+cross-entropy, saves memory (auto: off)", choices=ONOFF)
     ce_kernel: str = setting("auto", "loss gradient written over the logits by one Triton kernel "
                              "(auto: CUDA with Triton)", choices=ONOFF)
@@ -180,23 +200,216 @@ class TrainConfig:
                                "< 20M params)", choices=ONOFF)
     half_residual: str = setting("auto", "residual stream in bf16, norms in fp32 (auto: CUDA half precision)",
                                  choices=ONOFF)
-    teacher: str | None = setting(None, "ngram:N - distill from a Kneser-Ney n-gram for the first steps")
-    distill_steps: int = setting(200, "steps of distillation", min=0)
-    distill_alpha: float = setting(0.5, "weight of the KL term (0..1)", min=0.0, max=1.0)
-    distill_temp: float = setting(1.0, "distillation temperature", positive=True)
-    max_steps: int | None = setting(None, "stop after N steps (the schedule still follows the budget)", min=1)
-    sample_every: int = setting(0, "steps between samples printed by rank 0 (0 = never)", min=0)
-    sample_tokens: int = setting(64, "tokens per sample", min=1)
-    hellaswag_every: int = setting(0, "steps between HellaSwag evals (0 = never; also at the end)", min=0)
-    hellaswag_items: int = setting(0, "HellaSwag items per eval (0 = all 10,042)", min=0)
-    hellaswag_file: str | None = setting(None, "a local HellaSwag val file (.jsonl or .jsonl.xz) instead of the download")
-    train_shards: str | None = setting(None, "train shards glob (llm.c -i); default: the data folder's train split")
-    val_shards: str | None = setting(None, "val shards glob (llm.c -j)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class DistConfig:
+    """TrainConfig.dist: scale-out under torchrun."""
+
     parallel: str = setting("auto", "under torchrun: ddp (default) or fsdp", choices=("auto", "ddp", "fsdp"))
     zero_stage: int = setting(0, "1: ZeRO-1, AdamW state sharded (ddp)", choices=(0, 1))
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+
+@dataclass
+class DataConfig:
+    """TrainConfig.data: where the tokens come from (default: the data folder's splits)."""
+
+    train_shards: str | None = setting(None, "train shards glob (llm.c -i); default: the data folder's train split")
+    val_shards: str | None = setting(None, "val shards glob (llm.c -j)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class DistillConfig:
+    """TrainConfig.distill: distillation from an n-gram teacher."""
+
+    teacher: str | None = setting(None, "ngram:N - distill from a Kneser-Ney n-gram for the first steps")
+    distill_steps: int = setting(200, "steps of distillation", min=0)
+    distill_alpha: float = setting(0.5, "weight of the KL term (0..1)", min=0.0, max=1.0)
+    distill_temp: float = setting(1.0, "distillation temperature", positive=True)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def group(cls: type, help: str) -> Any:
+    """A TrainConfig field holding one sub-config (a fresh one per TrainConfig)."""
+    return field(default_factory=cls, metadata=dict(help=help, group=True))
+
+
+@dataclass(init=False)
+class TrainConfig:
+    """Everything the trainer needs besides the model shape and the data: run-level fields at the top,
+    the rest in one sub-config per component that reads it (cfg.optim.lr, cfg.fast.compile, ...).
+
+    The constructor also takes today's flat keywords (TrainConfig(lr=1e-3) sets optim.lr), so old
+    checkpoints, plan files and callers keep working; a sub-config passed in is copied, so two
+    TrainConfigs never share one."""
+
+    budget: str = setting("5m", "5m, 2h, 300s, 50M-tokens, 1000-steps", budget=True)
+    batch_size: int = setting(32, "sequences per micro-batch", min=1)
+    total_batch_tokens: int | None = setting(None, "tokens per step (gradient accumulation)", min=1)
+    seq_len: int = setting(256, "tokens per training sequence", min=1)
+    seed: int = setting(1337, "random seed", min=0)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N, mps")
+    threads: int | None = setting(None, "CPU threads", min=1)
+    checkpoint_every: int = setting(0, "steps between checkpoints (0 = only at the end)", min=0)
+    log_every: int = setting(10, "steps between log lines", min=1)
+    log_to: str = setting("auto", "metric sinks: jsonl,tensorboard,wandb (auto = jsonl + tensorboard when installed)")
+    out_dir: str = setting("runs/latest", "run folder")
+    progress: bool = setting(True, "live progress bar")
+    max_steps: int | None = setting(None, "stop after N steps (the schedule still follows the budget)", min=1)
+    optim: OptimConfig = group(OptimConfig, "the optimizer: lr, betas, weight decay, gradient clip")
+    schedule: ScheduleConfig = group(ScheduleConfig, "the learning-rate schedule and its warmup")
+    eval: EvalConfig = group(EvalConfig, "validation, HellaSwag and samples during training")
+    fast: FastConfig = group(FastConfig, "precision, compilation, kernels and memory savers")
+    dist: DistConfig = group(DistConfig, "data-parallel mode and ZeRO under torchrun")
+    data: DataConfig = group(DataConfig, "train / val shard globs")
+    distill: DistillConfig = group(DistillConfig, "distillation from an n-gram teacher")
+
+    def __init__(self, **values: Any) -> None:
+        split = nest_values(type(self), values)
+        for f in fields(self):
+            if f.metadata.get("group"):
+                setattr(self, f.name, _build_group(f, split.get(f.name)))
+            else:
+                setattr(self, f.name, split.get(f.name, f.default))
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A flat name set here would be a silent new attribute the trainer never reads.
+        if name not in _FIELD_NAMES[type(self)]:
+            raise AttributeError(_moved(type(self), name))
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:  # only called when the attribute is missing
+        raise AttributeError(_moved(type(self), name))
+
+
+def _build_group(f: dataclasses.Field, given: Any) -> Any:
+    cls = f.default_factory
+    if given is None:
+        return cls()
+    if isinstance(given, dict):
+        return cls(**given)
+    if isinstance(given, cls):
+        return dataclasses.replace(given)
+    raise TypeError(f"TrainConfig.{f.name}: expected a {cls.__name__} or a dict, got {given!r}")
+
+
+def _moved(cls: type, name: str) -> str:
+    where = leaf_paths(cls).get(name)
+    if where and "." in where:
+        return f"{cls.__name__}.{name} moved to {cls.__name__}.{where}"
+    return f"{cls.__name__} has no field {name!r}"
+
+
+def group_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of `cls` that hold a sub-config."""
+    return [f for f in fields(cls) if f.metadata.get("group")]
+
+
+def leaf_paths(cls: type) -> dict[str, str]:
+    """Each leaf field's flat name -> its path: {"budget": "budget", "lr": "optim.lr", ...}. Leaf names
+    are unique across the groups, so the flat name is also the flag's and old files' name."""
+    if cls not in _LEAF_PATHS:
+        paths: dict[str, str] = {}
+        for f in fields(cls):
+            if f.metadata.get("group"):
+                paths.update({g.name: f"{f.name}.{g.name}" for g in fields(f.default_factory)})
+            else:
+                paths[f.name] = f.name
+        _LEAF_PATHS[cls] = paths
+    return _LEAF_PATHS[cls]
+
+
+def leaf_field(cls: type, name: str) -> dataclasses.Field:
+    """The dataclass field (with its rules) behind a flat name such as "lr" or "n_layer"."""
+    path = leaf_paths(cls)[name]
+    owner = cls
+    for part in path.split(".")[:-1]:
+        owner = next(f for f in fields(owner) if f.name == part).default_factory
+    return next(f for f in fields(owner) if f.name == name)
+
+
+def get_value(cfg: Any, name: str) -> Any:
+    """cfg's value of a leaf field by its flat name: get_value(tcfg, "lr") is tcfg.optim.lr."""
+    owner, leaf = _owner(cfg, name)
+    return getattr(owner, leaf)
+
+
+def set_value(cfg: Any, name: str, value: Any) -> None:
+    """Set a leaf field by its flat name (unchecked: rebuild or check_fields to check it)."""
+    owner, leaf = _owner(cfg, name)
+    setattr(owner, leaf, value)
+
+
+def _owner(cfg: Any, name: str) -> tuple[Any, str]:
+    path = leaf_paths(type(cfg))[name].split(".")
+    owner = cfg
+    for part in path[:-1]:
+        owner = getattr(owner, part)
+    return owner, path[-1]
+
+
+def flat_dict(cfg: Any) -> dict[str, Any]:
+    """{flat name: value} for every leaf: summary.json's "train" and metric sinks stay one level deep."""
+    return {name: get_value(cfg, name) for name in leaf_paths(type(cfg))}
+
+
+def nest_values(cls: type, values: dict[str, Any], source: str | None = None) -> dict[str, Any]:
+    """Flat keys ("lr") and nested tables ({"optim": {"lr": ...}}) -> {top field: value, group: {leaf: value}}.
+    Unknown keys raise TypeError (a constructor) or, with `source`, BudgetLMError naming it."""
+    groups = {f.name: {g.name for g in fields(f.default_factory)} for f in group_fields(cls)}
+    paths = leaf_paths(cls)
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in values.items():
+        if key in groups and isinstance(value, dict):
+            bad = sorted(set(value) - groups[key])
+            unknown += [f"{key}.{b}" for b in bad]
+            out.setdefault(key, {}).update({k: v for k, v in value.items() if k in groups[key]})
+        elif key in groups and (dataclasses.is_dataclass(value) or key not in paths):
+            if source is not None and not dataclasses.is_dataclass(value):  # "schedule" is also a leaf: by type
+                raise BudgetLMError(f"{key} in {source}: expected a table of {', '.join(sorted(groups[key]))}, "
+                                    f"got {value!r}")
+            out[key] = value if key not in out else _merged(out[key], value)
+        elif key in paths and "." in paths[key]:
+            group_name = paths[key].split(".")[0]
+            slot = out.setdefault(group_name, {})
+            if not isinstance(slot, dict):  # a sub-config object given too: the flat key wins
+                out[group_name] = slot = dataclasses.asdict(slot)
+            slot[key] = value
+        elif key in paths:
+            out[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        if source is None:
+            raise TypeError(f"{cls.__name__}() got unexpected keyword argument(s) {', '.join(sorted(unknown))}")
+        raise BudgetLMError(f"{source}: unknown field(s) {', '.join(sorted(unknown))} for {cls.__name__}")
+    return out
+
+
+def _merged(flat: dict[str, Any], given: Any) -> dict[str, Any]:
+    """A sub-config given after some of its flat keys: its values under the flat ones."""
+    base = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given or {})
+    return {**base, **flat}
+
+
+_LEAF_PATHS: dict[type, dict[str, str]] = {}
+_FIELD_NAMES = {TrainConfig: {f.name for f in fields(TrainConfig)}}
 
 
 def flag_name(name: str) -> str:
@@ -258,15 +471,29 @@ def check_fields(cfg: Any) -> None:
         setattr(cfg, f.name, check_value(f, getattr(cfg, f.name)))
 
 
-def check_table(cls: type, values: dict[str, Any], where: str, table: str, extra: tuple[str, ...] = ()) -> None:
-    """The keys of one TOML table: unknown keys and bad values name `table.key in where`."""
-    known = {f.name: f for f in fields(cls)}
+def leaf_items(cls: type, values: dict[str, Any]) -> Iterator[tuple[str, dataclasses.Field | None, Any]]:
+    """(key as written, its field or None when unknown, value) for each leaf of a flat or nested dict:
+    {"lr": 1, "optim": {"beta1": 0.9}} gives ("lr", <lr>, 1) and ("optim.beta1", <beta1>, 0.9)."""
+    paths, groups = leaf_paths(cls), {f.name: f.default_factory for f in group_fields(cls)}
     for key, value in values.items():
-        if key in extra:
-            continue
-        if key not in known:
-            raise BudgetLMError(f"{table}.{key} in {where}: unknown key; known: {', '.join(sorted(known))}")
-        check_value(known[key], value, f"{table}.{key} in {where}")
+        if key in groups and isinstance(value, dict):
+            known = {g.name: g for g in fields(groups[key])}
+            for sub, v in value.items():
+                yield f"{key}.{sub}", known.get(sub), v
+        elif key in groups and (dataclasses.is_dataclass(value) or key not in paths):
+            continue  # a sub-config object checked itself when it was built
+        else:
+            yield key, leaf_field(cls, key) if key in paths else None, value
+
+
+def check_table(cls: type, values: dict[str, Any], where: str, table: str, extra: tuple[str, ...] = ()) -> None:
+    """The keys of one TOML table, flat (lr = ...) or nested ([train.optim] lr = ...): unknown keys and
+    bad values name `table.key in where`."""
+    for key, f, value in leaf_items(cls, {k: v for k, v in values.items() if k not in extra}):
+        if f is None:
+            known = sorted(leaf_paths(cls)) + [g.name for g in group_fields(cls)]
+            raise BudgetLMError(f"{table}.{key} in {where}: unknown key; known: {', '.join(known)}")
+        check_value(f, value, f"{table}.{key} in {where}")
 
 
 def check_toml_tables(file: dict[str, Any], where: str, allowed: dict[str, type | None]) -> None:
@@ -283,16 +510,19 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
-    """Build a dataclass from a dict, naming any unknown field and where it came from."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise BudgetLMError(f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
+    """Build a config dataclass from a dict, naming any unknown field and where it came from. A
+    TrainConfig takes nested dicts (to_dict's) and today's flat ones (old checkpoints, plan files)."""
+    if group_fields(cls):
+        split = nest_values(cls, values, source)
+    else:
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise BudgetLMError(f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
+        split = values
     if source != "flags":  # values from a file: errors name the key and the file, not a flag
-        by_name = {f.name: f for f in fields(cls)}
-        for key, value in values.items():
-            check_value(by_name[key], value, f"{key} in {source}")
-    return cls(**values)
+        for key, f, value in leaf_items(cls, values):
+            check_value(f, value, f"{key} in {source}")
+    return cls(**split)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

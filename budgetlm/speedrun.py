@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from budgetlm.config import ModelConfig, RunInfo, TrainConfig, model_config
+from budgetlm.config import ModelConfig, RunInfo, TrainConfig, leaf_paths, model_config, set_value
 from budgetlm.data.prepare import META_FILE, prepare
 from budgetlm.data.sources import hub_reachable
 from budgetlm.device import pick_device
@@ -171,10 +171,12 @@ def _apply_overrides(setup: Setup, overrides: dict) -> None:
     """Explicit flags win over the sizing; a changed batch or seq len drops the sized accumulation."""
     given = {k: v for k, v in overrides.items() if v is not None}
     for k, v in given.items():
-        target = setup.model if hasattr(setup.model, k) else setup.train if hasattr(setup.train, k) else None
-        if target is None:
+        if hasattr(setup.model, k):
+            setattr(setup.model, k, v)
+        elif k in leaf_paths(TrainConfig):
+            set_value(setup.train, k, v)
+        else:
             raise BudgetLMError(f"speedrun: unknown override {k!r}")
-        setattr(target, k, v)
     # Rebuilt, so the overrides pass the same checks as any config (e.g. n_embd divisible by n_head).
     setup.model, setup.train = dataclasses.replace(setup.model), dataclasses.replace(setup.train)
     if {"batch_size", "seq_len"} & set(given):

@@ -41,13 +41,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from budgetlm.config import ModelConfig, TrainConfig, from_dict, load_toml, model_config
+from budgetlm.config import ModelConfig, TrainConfig, from_dict, leaf_paths, load_toml, model_config
 from budgetlm.errors import BudgetLMError
 
 SWEEP_KEYS = {"budget", "data", "mode", "n", "seeds", "out", "parallel", "preset", "sample_seed"}
 RESERVED = {"seed", "out_dir", "progress"}  # set by the sweep for each run
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)} | {"preset"}
-TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+TRAIN_FIELDS = set(leaf_paths(TrainConfig))  # flat names, as in [train] and [grid]
 METRICS = ("params", "steps", "tokens_seen", "tokens_per_s", "train_seconds", "val_loss", "val_ppl", "val_bpb",
            "flops_per_token", "epochs")
 

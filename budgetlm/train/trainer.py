@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from budgetlm.config import ModelConfig, RunInfo, TrainConfig, to_dict
+from budgetlm.config import ModelConfig, RunInfo, TrainConfig, flat_dict, to_dict
 from budgetlm.data.loader import BatchLoader
 from budgetlm.data.prepare import data_tokenizer, load_meta
 from budgetlm.data.shards import load_pattern, load_split
@@ -271,7 +271,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
     if state is not None and ctx.is_main:
         _drop_metrics_after(out / "metrics.jsonl", step)  # the resumed run logs those steps again
     sinks = open_sinks(out, cfg.log_to, resume_step=step if state is not None else None,
-                       config={"model": to_dict(model_cfg), "train": to_dict(cfg)}, log=log) if ctx.is_main else None
+                       config={"model": to_dict(model_cfg), "train": flat_dict(cfg)}, log=log) if ctx.is_main else None
     flops_per_token = model.flops_per_token(cfg.seq_len) if hasattr(model, "flops_per_token") else 6 * n_params
     # nanoGPT's/TinyLlama's MFU counts attention over the whole T x T square; logged beside ours to compare
     flops_full = getattr(model, "flops_per_token_full_attention", lambda _: flops_per_token)(cfg.seq_len)
@@ -535,7 +535,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                   "parallel": ctx.parallel + ("+zero1" if ctx.zero_stage else ""),
                   "flops_per_token": flops_per_token, "mfu": (tok_rate * flops_per_token / peak) if peak else None,
                   "mfu_full_attn": (tok_rate * flops_full / peak) if peak else None,
-                  "model": to_dict(model_cfg), "train": to_dict(cfg),
+                  "model": to_dict(model_cfg), "train": flat_dict(cfg),
                   "compile_s": compile_seconds(step_times, compiled), "first_step_s": first_step_s,
                   "data_wait_s": data_wait, "batch_s": batch_s,
                   "data_wait_frac": data_wait / max(train_seconds, 1e-9), "steady_tokens_per_s": steady_rate,
