@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from budgetlm.config import ModelConfig, RunInfo, TrainConfig, leaf_paths, model_config, set_value
+from budgetlm.config import ModelConfig, OptimConfig, RunInfo, TrainConfig, leaf_paths, model_config, set_value
 from budgetlm.data.prepare import META_FILE, prepare
 from budgetlm.data.sources import hub_reachable
 from budgetlm.device import pick_device
@@ -68,7 +68,7 @@ def choose_setup(budget: str, device: str, tokenizer: str | None = None, calibra
         mcfg = ModelConfig(n_layer=3, n_head=3, n_embd=96, mlp="swiglu", block_size=seq)
     else:
         mcfg = model_config(preset, block_size=seq)
-    tcfg = TrainConfig(budget=budget, batch_size=batch, seq_len=seq, lr=lr, device=device)
+    tcfg = TrainConfig(budget=budget, batch_size=batch, seq_len=seq, device=device, optim=OptimConfig(lr=lr))
     setup = Setup(mcfg, tcfg, tok, why)
     if calibration is not None and b.kind == "time":
         sized = size_model(seconds if seconds_left is None else seconds_left, calibration, unique_tokens, tokenizer)

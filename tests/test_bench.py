@@ -28,8 +28,8 @@ def test_bench_reports_the_loss_and_refuses_steps_that_do_not_train(monkeypatch:
         with pytest.raises(BudgetLMError, match="do not train"):
             bench.check_training(10.9, last)
     # A setting that wrecks the weights (AdamW at lr 100) is caught, not timed.
-    from budgetlm.config import TrainConfig
-    monkeypatch.setattr(bench, "TrainConfig", lambda: TrainConfig(lr=100.0))
+    from budgetlm.config import OptimConfig, TrainConfig
+    monkeypatch.setattr(bench, "TrainConfig", lambda: TrainConfig(optim=OptimConfig(lr=100.0)))
     with pytest.raises(BudgetLMError, match="do not train"):
         bench.bench_one("nano", seq=16, micro_batch=2, steps=3, warmup=1, compile=False, device="cpu")
 

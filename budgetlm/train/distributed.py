@@ -125,8 +125,8 @@ class DistContext:
         plain = make(model, cfg, device)  # only to reuse its parameter groups and hyperparameters
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in plain.param_groups]
         extra = {k: plain.defaults[k] for k in ("fused", "foreach") if plain.defaults.get(k)}
-        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=cfg.lr,
-                                       betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=cfg.optim.lr,
+                                       betas=(cfg.optim.beta1, cfg.optim.beta2), eps=1e-8, **extra)
 
     @contextmanager
     def micro_step(self, last: bool) -> Iterator[None]:

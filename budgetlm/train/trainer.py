@@ -45,10 +45,10 @@ WARM_STEPS, TIMED_STEPS = 3, 11  # steps 1-3 compile / record CUDA graphs; 4-11 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW; matrices decay, vectors (biases, norms) do not. Fused kernel on CUDA."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=1e-8, **extra)
 
 
 @dataclass
@@ -88,7 +88,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def _check_val_split(n_tokens: int, cfg: TrainConfig, data_dir: str | Path) -> None:
     """The evals need one window of seq_len+1 validation tokens; fail before training, not after it."""
     if n_tokens < cfg.seq_len + 1:
-        where = f"--val-shards {cfg.val_shards}" if cfg.val_shards else f"{data_dir}: the val split"
+        where = f"--val-shards {cfg.data.val_shards}" if cfg.data.val_shards else f"{data_dir}: the val split"
         raise BudgetLMError(f"{where} has {n_tokens} tokens; the evals need at least seq_len+1 = {cfg.seq_len + 1} "
                             f"(prepare the data with --val-frac above 0, or give --val-shards)")
 
@@ -113,14 +113,14 @@ def _drop_metrics_after(path: Path, step: int) -> None:
 def _train_loader(cfg: TrainConfig, data_dir: str | Path, rank: int, world: int):
     """(train tokens, batch loader): a stream folder (still being filled, or not) gets the streaming loader."""
     from budgetlm.data.stream import is_stream_folder
-    if not cfg.train_shards and is_stream_folder(data_dir):
+    if not cfg.data.train_shards and is_stream_folder(data_dir):
         from budgetlm.data.stream import continue_stream
         from budgetlm.data.stream_loader import StreamLoader
         if rank == 0:
             continue_stream(data_dir)  # e.g. --resume of a speedrun whose stream was not finished
         loader = StreamLoader(data_dir, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
         return None, loader
-    tokens = load_pattern(cfg.train_shards) if cfg.train_shards else load_split(data_dir, "train")
+    tokens = load_pattern(cfg.data.train_shards) if cfg.data.train_shards else load_split(data_dir, "train")
     return tokens, BatchLoader(tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
 
 
@@ -154,7 +154,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     """
     from budgetlm.data.stream import stop_producer
     try:
-        with setup_distributed(pick_device(cfg.device), cfg.parallel, cfg.zero_stage) as ctx:
+        with setup_distributed(pick_device(cfg.device), cfg.dist.parallel, cfg.dist.zero_stage) as ctx:
             log = log if ctx.is_main else (lambda *_: None)
             with hold_run_lock(cfg.out_dir, ctx, log), StopSignals() as stop:
                 return _train(ctx, stop, model_cfg, cfg, data_dir, resume, loss_hook, clock, reserve_s,
@@ -183,7 +183,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = ctx.device if ctx.enabled else pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
+    dtype = pick_dtype(cfg.fast.dtype, device)
     threads = set_threads(cfg.threads or ctx.cpu_threads(), device)
     if cfg.max_steps is not None:
         stop_after_steps = cfg.max_steps if stop_after_steps is None else min(stop_after_steps, cfg.max_steps)
@@ -198,7 +198,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
     if cfg.seq_len > model_cfg.block_size:
         model_cfg.block_size = cfg.seq_len
     train_tokens, loader = _train_loader(cfg, data_dir, ctx.rank, ctx.world)
-    val_tokens = load_pattern(cfg.val_shards) if cfg.val_shards else load_split(data_dir, "val")
+    val_tokens = load_pattern(cfg.data.val_shards) if cfg.data.val_shards else load_split(data_dir, "val")
     _check_val_split(val_tokens.size, cfg, data_dir)  # before training, not at its final eval
     micro_tokens = cfg.batch_size * cfg.seq_len
     step_micro = micro_tokens * ctx.world  # tokens in one micro-step of all ranks (llm.c: B*T*num_processes)
@@ -207,12 +207,12 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
         what = "batch*seq" if ctx.world == 1 else f"batch*seq*world ({ctx.world} ranks)"
         raise BudgetLMError(f"--total-batch {cfg.total_batch_tokens} is not a multiple of {what} = {step_micro}")
 
-    if cfg.teacher and loss_hook is None:
+    if cfg.distill.teacher and loss_hook is None:
         from budgetlm.train.distill import make_teacher_hook
-        loss_hook = make_teacher_hook(cfg.teacher, load_split(data_dir, "train") if train_tokens is None else train_tokens, tokenizer.vocab_size, tokenizer.eot_id,
-                                      cfg.distill_steps, cfg.distill_alpha, cfg.distill_temp, log=log)
+        loss_hook = make_teacher_hook(cfg.distill.teacher, load_split(data_dir, "train") if train_tokens is None else train_tokens, tokenizer.vocab_size, tokenizer.eot_id,
+                                      cfg.distill.distill_steps, cfg.distill.distill_alpha, cfg.distill.distill_temp, log=log)
     model = build_model(model_cfg).to(device)
-    fp8_layers = enable_fp8(model, cfg.fp8, modules=cfg.fp8_modules)  # before wrapping: DDP/FSDP see the FP8 Linears
+    fp8_layers = enable_fp8(model, cfg.fast.fp8, modules=cfg.fast.fp8_modules)  # before wrapping: DDP/FSDP see the FP8 Linears
     step, tokens_seen, max_frac, losses = 0, 0, 0.0, []
     state = None
     if resume:
@@ -240,32 +240,32 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
         log(f"resumed from {ckpt} at step {step} ({tokens_seen:,} tokens, {state['elapsed']:.1f}s spent)")
 
     if hasattr(model, "set_recompute"):
-        model.set_recompute(cfg.recompute)
+        model.set_recompute(cfg.fast.recompute)
     if hasattr(model, "fused_loss"):
         # The chunked loss never forms logits, which a distillation hook needs.
         # Measured on an H100 (benchmarks/RESULTS.md): the compiled plain loss is faster than the
         # eager chunked one, which pays only when memory is short; so `auto` means off.
-        model.fused_loss = cfg.fused_loss == "on" and loss_hook is None
+        model.fused_loss = cfg.fast.fused_loss == "on" and loss_hook is None
     if hasattr(model, "ce_kernel"):  # like the chunked loss, it forms no logits for a distillation hook
-        model.ce_kernel = resolve_ce_kernel(cfg.ce_kernel, device, cfg.fused_loss == "on") and loss_hook is None
-        model.fp8_head = resolve_fp8_head(cfg.fp8_head, device, model.ce_kernel)
-    elif cfg.fp8_head == "on":
+        model.ce_kernel = resolve_ce_kernel(cfg.fast.ce_kernel, device, cfg.fast.fused_loss == "on") and loss_hook is None
+        model.fp8_head = resolve_fp8_head(cfg.fast.fp8_head, device, model.ce_kernel)
+    elif cfg.fast.fp8_head == "on":
         raise BudgetLMError(f"--fp8-head on: the {model_cfg.arch} model has no CE-kernel head")
     n_params = model.num_params() if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
     peak = _device_peak(device)
-    compiled = should_compile(cfg.compile, device)
-    graphs = resolve_cuda_graphs(cfg.cuda_graphs, device, compiled, n_params, ctx.enabled)
+    compiled = should_compile(cfg.fast.compile, device)
+    graphs = resolve_cuda_graphs(cfg.fast.cuda_graphs, device, compiled, n_params, ctx.enabled)
     graph_grads = graphs and accum > 1  # gradients must outlive each replay: see keep_grads_allocated
     if graph_grads:
         keep_grads_allocated(model.parameters())
     run_model = (torch.compile(ddp_model, mode="reduce-overhead") if graphs else torch.compile(ddp_model)) \
         if compiled else ddp_model
     autocast = autocast_ctx(device, dtype)
-    set_attention_kernel(model, resolve_attention(cfg.attn, device))
+    set_attention_kernel(model, resolve_attention(cfg.fast.attn, device))
     if hasattr(model, "half_residual"):
-        model.half_residual = resolve_half_residual(cfg.half_residual, device, dtype, cfg.fp8)
+        model.half_residual = resolve_half_residual(cfg.fast.half_residual, device, dtype, cfg.fast.fp8)
     token_bytes = tokenizer.token_bytes()
-    final_eval_tokens = cfg.final_eval_tokens or val_tokens.size
+    final_eval_tokens = cfg.eval.final_eval_tokens or val_tokens.size
     ckpt_root = out / "checkpoints"
     pending_losses: list[torch.Tensor] = []  # per-step losses not yet read back from the device
     if state is not None and ctx.is_main:
@@ -316,10 +316,10 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                         max_tokens=max_tokens, autocast=autocast)
 
     hs_examples = None
-    if cfg.hellaswag_every:
+    if cfg.eval.hellaswag_every:
         from budgetlm.eval import hellaswag
         with maybe_main_first(ctx):  # rank 0 downloads, the others then read the cached file
-            hs_examples = hellaswag.load_examples(hellaswag.locate(cfg.hellaswag_file), cfg.hellaswag_items)
+            hs_examples = hellaswag.load_examples(hellaswag.locate(cfg.eval.hellaswag_file), cfg.eval.hellaswag_items)
 
     def run_hellaswag() -> dict[str, float]:
         r = hellaswag.evaluate_hellaswag(model, tokenizer, hs_examples, device, ctx.rank, ctx.world, autocast,
@@ -328,7 +328,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
 
     log(f"model: {n_params:,} params ({model_cfg.n_layer} layers, {model_cfg.n_embd} wide, {model_cfg.n_head} heads, "
         f"vocab {model_cfg.vocab_size}) | device {device.type} {str(dtype).replace('torch.', '')} | threads {threads} "
-        f"| compile {('on, CUDA graphs' if graphs else 'on') if compiled else 'off'}{f' | fp8 {cfg.fp8} ({len(fp8_layers)} Linears)' if fp8_layers else ''}{' | fp8 head' if getattr(model, 'fp8_head', False) else ''} | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
+        f"| compile {('on, CUDA graphs' if graphs else 'on') if compiled else 'off'}{f' | fp8 {cfg.fast.fp8} ({len(fp8_layers)} Linears)' if fp8_layers else ''}{' | fp8 head' if getattr(model, 'fp8_head', False) else ''} | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
         f"{f'x{ctx.world} ranks ({ctx.parallel}' + (', zero1)' if ctx.zero_stage else ')') if ctx.enabled else ''} "
         f"| budget {budget} | data {_data_note(meta)}")
 
@@ -350,8 +350,8 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
     step_times: list[float] = []  # wall seconds of the first TIMED_STEPS steps (synchronized), for compile_s
     first_step_s = None
     # Time budgets with no --eval-every: an eval at each 1/eval_points of the budget, so curves have points.
-    points = EvalPoints.for_run(budget, cfg.eval_points, cfg.eval_every, micro_tokens if compiled else cfg.seq_len,
-                                cfg.eval_tokens, max_frac)
+    points = EvalPoints.for_run(budget, cfg.eval.eval_points, cfg.eval.eval_every, micro_tokens if compiled else cfg.seq_len,
+                                cfg.eval.eval_tokens, max_frac)
 
     def measured_eval_speed(speed: float) -> None:
         """Size the final eval and its reserve from a measured eval speed (tokens/s, rank 0's)."""
@@ -359,7 +359,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
         eval_speed = speed
         if budget.kind == "time" and final_eval_tokens / eval_speed > 0.1 * budget.amount:
             # Keep the final eval within a tenth of a time budget; score fewer tokens instead.
-            first = final_eval_tokens == (cfg.final_eval_tokens or val_tokens.size)
+            first = final_eval_tokens == (cfg.eval.final_eval_tokens or val_tokens.size)
             final_eval_tokens = max(micro_tokens, int(0.1 * budget.amount * eval_speed))
             if first:
                 log(f"note: final eval limited to {final_eval_tokens:,} validation tokens to fit the budget")
@@ -397,9 +397,9 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
             max_frac = max(max_frac, frac)  # monotone even when the reserve estimate moves
             if max_frac >= 1.0 or (stop_after_steps is not None and step >= stop_after_steps):
                 break
-            lr = lr_at(max_frac, cfg.lr, cfg.schedule, cfg.warmup_frac, cfg.min_lr_frac)
-            if cfg.warmup_steps is not None:  # an explicit warmup in steps overrides the fraction
-                lr = lr_at(max_frac, cfg.lr, cfg.schedule, 0.0, cfg.min_lr_frac) * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+            lr = lr_at(max_frac, cfg.optim.lr, cfg.schedule.schedule, cfg.schedule.warmup_frac, cfg.schedule.min_lr_frac)
+            if cfg.schedule.warmup_steps is not None:  # an explicit warmup in steps overrides the fraction
+                lr = lr_at(max_frac, cfg.optim.lr, cfg.schedule.schedule, 0.0, cfg.schedule.min_lr_frac) * min(1.0, (step + 1) / max(1, cfg.schedule.warmup_steps))
             for g in optimizer.param_groups:
                 g["lr"] = lr
             loss_sum = torch.zeros((), device=device)
@@ -422,7 +422,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                     (objective / accum).backward()
                 loss_sum += loss.detach() / accum  # the plain next-token loss, comparable across runs
             ctx.mean_(loss_sum)  # averaged over ranks: the loss of the whole global batch
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip) if cfg.optim.grad_clip > 0 else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=not graph_grads)
             step += 1
@@ -464,8 +464,8 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                 if norm is not None:
                     rec["grad_norm"] = ctx.scalar(norm) if ctx.enabled else float(norm)
                 write_metrics(rec)
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                side_s += eval_point(cfg.eval_tokens)
+            if cfg.eval.eval_every and step % cfg.eval.eval_every == 0:
+                side_s += eval_point(cfg.eval.eval_tokens)
             elif points and points.due(max_frac) and step >= 3:  # from step 3 on: eval speed measured warm
                 # rank 0's speeds, so every rank scores the same batches; unmeasured only after a resume
                 n = points.tokens(eval_speed or ctx.broadcast_float(2 * tok_rate), max_frac)
@@ -474,7 +474,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                     points.spent_s += seconds
                     side_s += seconds
                 points.advance(max_frac)
-            if cfg.hellaswag_every and step % cfg.hellaswag_every == 0:
+            if cfg.eval.hellaswag_every and step % cfg.eval.hellaswag_every == 0:
                 t = time.perf_counter()
                 hs = run_hellaswag()
                 hs_seconds = time.perf_counter() - t
@@ -482,10 +482,10 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                 write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), **hs})
                 progress.note(f"step {step}: HellaSwag acc_norm {hs['hellaswag_acc_norm']:.4f} ({hs['hellaswag_n']} items)")
             t_side = time.perf_counter()
-            if cfg.sample_every and step % cfg.sample_every == 0 and (ctx.is_main or ctx.parallel == "fsdp"):
+            if cfg.eval.sample_every and step % cfg.eval.sample_every == 0 and (ctx.is_main or ctx.parallel == "fsdp"):
                 if ctx.parallel == "fsdp":  # sharded weights: every rank generates in lockstep
                     model.unshard()
-                text = _sample(model, tokenizer, cfg.sample_tokens, cfg.seed + step)
+                text = _sample(model, tokenizer, cfg.eval.sample_tokens, cfg.seed + step)
                 if ctx.parallel == "fsdp":
                     model.reshard()
                 if text is not None and ctx.is_main:
@@ -521,7 +521,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
     t = time.perf_counter()
     synchronize(device)
     ev = run_eval(final_eval_tokens)
-    if cfg.hellaswag_every:
+    if cfg.eval.hellaswag_every:
         ev.update(run_hellaswag())
     eval_seconds = time.perf_counter() - t
     ckpt_seconds = checkpoint()
@@ -540,7 +540,7 @@ def _train(ctx: DistContext, stop: StopSignals, model_cfg: ModelConfig, cfg: Tra
                   "data_wait_s": data_wait, "batch_s": batch_s,
                   "data_wait_frac": data_wait / max(train_seconds, 1e-9), "steady_tokens_per_s": steady_rate,
                   "data": meta}
-    if cfg.hellaswag_every:
+    if cfg.eval.hellaswag_every:
         info.extra.update({k: v for k, v in ev.items() if k.startswith("hellaswag")})
     write_metrics({"step": step, "tokens": tokens_seen, "elapsed": clock.elapsed(), "final": True, **ev})
     if sinks is not None:
