@@ -171,7 +171,8 @@ class EvalConfig:
     final_eval_tokens: int = setting(0, "validation tokens of the final eval (0 = the whole split)", min=0)
     hellaswag_every: int = setting(0, "steps between HellaSwag evals (0 = never; also at the end)", min=0)
     hellaswag_items: int = setting(0, "HellaSwag items per eval (0 = all 10,042)", min=0)
-    hellaswag_file: str | None = setting(None, "a local HellaSwag val file (.jsonl or .jsonl.xz) instead of the download")
+    hellaswag_file: str | None = setting(None, "a local HellaSwag val file (.jsonl or .jsonl.xz) instead "
+                                       "of the download (or set BUDGETLM_HELLASWAG_FILE)")
     sample_every: int = setting(0, "steps between samples printed by rank 0 (0 = never)", min=0)
     sample_tokens: int = setting(64, "tokens per sample", min=1)
 
@@ -220,8 +221,9 @@ class DistConfig:
 class DataConfig:
     """TrainConfig.data: where the tokens come from (default: the data folder's splits)."""
 
-    train_shards: str | None = setting(None, "train shards glob (llm.c -i); default: the data folder's train split")
-    val_shards: str | None = setting(None, "val shards glob (llm.c -j)")
+    train_shards: str | None = setting(None, "train shards glob, e.g. 'DIR/fineweb_train_*.bin', or a data folder "
+                                      "(default: the data folder's train split)")
+    val_shards: str | None = setting(None, "val shards glob, e.g. 'DIR/fineweb_val_*.bin'")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -266,7 +268,8 @@ class TrainConfig:
     log_to: str = setting("auto", "metric sinks: jsonl,tensorboard,wandb (auto = jsonl + tensorboard when installed)")
     out_dir: str = setting("runs/latest", "run folder")
     progress: bool = setting(True, "live progress bar")
-    max_steps: int | None = setting(None, "stop after N steps (the schedule still follows the budget)", min=1)
+    max_steps: int | None = setting(None, "stop after N steps (the schedule still follows the "
+                                   "budget; no --budget: the budget is N-steps)", min=1)
     optim: OptimConfig = group(OptimConfig, "the optimizer: lr, betas, weight decay, gradient clip")
     schedule: ScheduleConfig = group(ScheduleConfig, "the learning-rate schedule and its warmup")
     eval: EvalConfig = group(EvalConfig, "validation, HellaSwag and samples during training")

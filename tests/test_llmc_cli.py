@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from budgetlm.cli import TRAIN_FLAGS, _picked, _resolve_llmc, build_parser, main
+from budgetlm.cli import build_parser, main
+from budgetlm.cli.flags import picked as _picked
+from budgetlm.cli.train import TRAIN_FLAGS, resolve_llmc as _resolve_llmc
 from budgetlm.config import EvalConfig, TrainConfig, from_dict
 from budgetlm.errors import BudgetLMError
 

@@ -23,7 +23,8 @@ from budgetlm.hardware import get_gpu, peak_flops
 from budgetlm.memory import flops_per_token, layer_activation_bytes, measure_throughput, pick_micro_batch
 from budgetlm.models import build_model
 from budgetlm.plan import (Plan, count_params, estimate, explain, ladder, make_plan, measure, measure_peak_memory,
-                           memory_estimate, register, render, write_config)
+                           memory_estimate, render, write_config)
+from budgetlm.cli.plan import register
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
