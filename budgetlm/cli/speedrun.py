@@ -13,7 +13,7 @@ TRAIN_FLAGS = ("seq_len", "batch_size", "lr", "compile", "threads", "log_to")  #
 
 def register(sub) -> None:
     sp = sub.add_parser("speedrun", help="the main job: prepare, train, evaluate, sample under one budget")
-    sp.add_argument("--budget", default="5m", help="5m, 2h, 300s, 50M-tokens, 1000-steps")
+    field_flag(sp, "budget", default="5m")
     sp.add_argument("--data", default="tinystories", help="tinystories (falls back to synth offline), synth, FILE")
     sp.add_argument("--tokenizer", help="default: chosen for the device")
     sp.add_argument("--out", default="runs/speedrun", help="run folder: logs, checkpoints, summary")

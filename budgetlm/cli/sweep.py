@@ -10,7 +10,9 @@ from budgetlm.errors import BudgetLMError
 def register(sub) -> None:
     sp = sub.add_parser("sweep", help="grid/random search over settings x seeds, with a noise-aware leaderboard")
     sp.add_argument("config", help="TOML file with [sweep], [grid] (and optional [model], [train]) tables")
-    sp.add_argument("--parallel", type=int, help="worker processes (overrides [sweep] parallel)")
+    # --workers, not --parallel first: train's --parallel is ddp/fsdp; --parallel stays as users wrote it
+    sp.add_argument("--workers", "--parallel", dest="workers", type=int,
+                    help="worker processes (overrides [sweep] parallel)")
     sp.add_argument("--out", help="sweep folder (overrides [sweep] out)")
     sp.add_argument("--dry-run", action="store_true", help="list the runs and which are done; train nothing")
     sp.set_defaults(fn=run)
@@ -20,8 +22,8 @@ def run(args: argparse.Namespace) -> None:
     from budgetlm.checks import out_dir
     from budgetlm.sweep import check_spec, load_sweep, run_sweep
     spec = load_sweep(args.config)
-    if args.parallel is not None:
-        spec.parallel = args.parallel
+    if args.workers is not None:
+        spec.parallel = args.workers
         check_spec(spec)
     if args.out:
         spec.out = args.out

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from budgetlm import checks
-from budgetlm.cli.flags import field_flags, picked
+from budgetlm.cli.flags import field_flag, field_flags, picked
 from budgetlm.errors import BudgetLMError
 
 MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "norm", "pos", "mlp_hidden")
@@ -38,7 +38,7 @@ def register(sub) -> None:
     sp = sub.add_parser("train", help="train under a budget of time, tokens or steps", add_help=False)
     sp.add_argument("--help", action="help", help="show this help and exit (-h is llm.c's HellaSwag switch)")
     sp.add_argument("--data", help="prepared data folder")
-    sp.add_argument("--budget", help="5m, 2h, 300s, 50M-tokens, 1000-steps")
+    field_flag(sp, "budget")  # default: the --config file's, else -x N steps, else 5m
     sp.add_argument("--config", help="TOML file with [model], [train], [data] tables (e.g. from 'budgetlm plan')")
     sp.add_argument("--out", "-o", default="runs/latest", help="run folder: logs, checkpoints, summary")
     sp.add_argument("--resume", nargs="?", const="", help="continue from the latest checkpoint in --out (or PATH)")
