@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def bench_settings(args: argparse.Namespace, ctx: DistContext, inductor: dict | None = None,
-                    model_fields: dict | None = None) -> None:
+                   model_fields: dict | None = None) -> None:
+    """Time each setting (the one given, or the ablation) at each micro-batch; or --max-micro-batch."""
     compile_on, dtype, half_residual = resolved_switches(args, ctx.device)
     base = dict(**(model_fields or {}), **dict(model_name=args.model, seq=args.seq_len, steps=args.steps,
                 warmup=args.warmup, compile=compile_on, fused_loss=args.fused_loss == "on", attn=args.attn,
@@ -101,20 +102,10 @@ def bench_settings(args: argparse.Namespace, ctx: DistContext, inductor: dict | 
                 native_gqa=args.gqa == "native", half_residual=half_residual, ce_kernel=args.ce_kernel,
                 fp8_head=args.fp8_head, fp8_modules=args.fp8_modules, device=args.device or "auto", accum=args.accum,
                 compile_mode=args.compile_mode, ctx=ctx))
-    say = print if ctx.is_main else (lambda *a, **k: None)
     if args.vocab_multiple is not None:
         base["vocab_multiple"] = args.vocab_multiple
     if args.max_micro_batch:
-        if not torch.cuda.is_available():
-            raise BudgetLMError("--max-micro-batch needs CUDA (it searches for the out-of-memory edge)")
-        if ctx.enabled:  # an out-of-memory error on one rank would leave the others waiting in a collective
-            raise BudgetLMError("--max-micro-batch runs in one process; launch it without torchrun")
-        mb, row = max_micro_batch(start=args.batch_size[0], **base)
-        print(f"largest micro-batch that fits: {mb}")
-        if row and not args.no_record:
-            row.update(setting="largest micro-batch", largest_micro_batch=mb)
-            record([row], "bench-max-micro-batch", Path(args.results))
-        return
+        return largest_micro_batch(args, ctx, base)
     if args.ablation:
         kernel = resolve_ce_kernel(args.ce_kernel, ctx.device, args.fused_loss == "on")
         settings = ablation_settings(args.model, args.attn, args.fp8, half_residual, kernel, args.fp8_head == "on")
@@ -123,22 +114,10 @@ def bench_settings(args: argparse.Namespace, ctx: DistContext, inductor: dict | 
     rows = []
     for mb in args.batch_size:
         for name, change in settings.items():
-            try:
-                r = bench_one(**{**base, "micro_batch": mb, **change})
-            except torch.OutOfMemoryError:
-                if ctx.enabled:
-                    raise  # the other ranks cannot carry on alone
-                say(f"{name} (micro-batch {mb}): out of memory")
-                torch.cuda.empty_cache()
+            r = _time_one(args, ctx, {**base, "micro_batch": mb, **change}, f"{name} (micro-batch {mb})",
+                          reset=base["compile"])
+            if r is None:
                 continue
-            except BudgetLMError as e:
-                if not args.ablation:
-                    raise
-                say(f"{name} (micro-batch {mb}): skipped, {e}")  # e.g. fp8 rows on a GPU without FP8
-                continue
-            finally:
-                if base["compile"]:
-                    torch._dynamo.reset()  # each setting compiles afresh; don't let caches pile up
             r["setting"] = name if len(args.batch_size) == 1 else f"{name} mb{mb}"
             if args.from_run:
                 r.update(model=f"{model_fields['n_layer']}x{model_fields['n_embd']} v{model_fields['vocab_size']}",
@@ -150,3 +129,37 @@ def bench_settings(args: argparse.Namespace, ctx: DistContext, inductor: dict | 
             rows.append(r)
     if rows and not args.no_record and ctx.is_main:
         record(rows, "bench-ablation" if args.ablation else "bench", Path(args.results))
+
+
+def _time_one(args: argparse.Namespace, ctx: DistContext, settings: dict, label: str,
+              reset: bool) -> dict | None:
+    """One bench_one row; None when it ran out of memory (one process) or, in an ablation, cannot run here."""
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    try:
+        return bench_one(**settings)
+    except torch.OutOfMemoryError:
+        if ctx.enabled:
+            raise  # the other ranks cannot carry on alone
+        say(f"{label}: out of memory")
+        torch.cuda.empty_cache()
+    except BudgetLMError as e:
+        if not args.ablation:
+            raise
+        say(f"{label}: skipped, {e}")  # e.g. fp8 rows on a GPU without FP8
+    finally:
+        if reset:
+            torch._dynamo.reset()  # each setting compiles afresh; don't let caches pile up
+    return None
+
+
+def largest_micro_batch(args: argparse.Namespace, ctx: DistContext, base: dict) -> None:
+    """--max-micro-batch: the out-of-memory edge, doubling from --batch-size then bisecting."""
+    if not torch.cuda.is_available():
+        raise BudgetLMError("--max-micro-batch needs CUDA (it searches for the out-of-memory edge)")
+    if ctx.enabled:  # an out-of-memory error on one rank would leave the others waiting in a collective
+        raise BudgetLMError("--max-micro-batch runs in one process; launch it without torchrun")
+    mb, row = max_micro_batch(start=args.batch_size[0], **base)
+    print(f"largest micro-batch that fits: {mb}")
+    if row and not args.no_record:
+        row.update(setting="largest micro-batch", largest_micro_batch=mb)
+        record([row], "bench-max-micro-batch", Path(args.results))
