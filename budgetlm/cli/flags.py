@@ -37,7 +37,10 @@ def field_flag(g: argparse._ActionsContainer, name: str, *short: str, **override
         opts["choices"] = list(rules["choices"])
     if kind == "bool":
         raise ValueError(f"{name}: a bool field needs its own switch (e.g. --no-progress)")
-    opts.update(overrides)
+    if overrides.get("default") is not None and "help" not in overrides:  # this verb's own default, said
+        shown = " ".join(map(str, overrides["default"])) if isinstance(overrides["default"], list) else overrides["default"]
+        opts["help"] = f"{rules['help']} (default here: {shown})"
+    opts.update({k: v for k, v in overrides.items() if k != "help" or v})
     action = g.add_argument(flag_name(name), *ALIASES.get(name, ()), *short, **opts)
     action.config_field = name  # the test of flags reads it: every config flag is generated here
     return action
