@@ -405,6 +405,19 @@ def nest_values(cls: type, values: dict[str, Any], source: str | None = None) ->
     return out
 
 
+def flat_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Nested tables lifted to flat keys ({"optim": {"lr": 1}} -> {"lr": 1}), for readers keyed by the flat
+    names (sweep grids, overrides); unknown keys are kept as written, for the caller's own error."""
+    groups = {f.name for f in group_fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in groups and isinstance(value, dict):
+            out.update({k if k in leaf_paths(cls) else f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def _merged(flat: dict[str, Any], given: Any) -> dict[str, Any]:
     """A sub-config given after some of its flat keys: its values under the flat ones."""
     base = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given or {})

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from budgetlm.config import ModelConfig, TrainConfig, from_dict, leaf_paths, load_toml, model_config
+from budgetlm.config import ModelConfig, TrainConfig, flat_values, from_dict, leaf_paths, load_toml, model_config
 from budgetlm.errors import BudgetLMError
 
 SWEEP_KEYS = {"budget", "data", "mode", "n", "seeds", "out", "parallel", "preset", "sample_seed"}
@@ -81,7 +81,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     bad = sorted(set(sw) - SWEEP_KEYS)
     if bad:
         raise BudgetLMError(f"{src}: unknown [sweep] key(s) {', '.join(bad)}; known: {', '.join(sorted(SWEEP_KEYS))}")
-    train = dict(file.get("train", {}))
+    train = flat_values(TrainConfig, dict(file.get("train", {})))  # [train.optim] tables as flat keys
     budget = sw.pop("budget", None) or train.pop("budget", None)
     if not sw.get("data"):
         raise BudgetLMError(f"{src}: [sweep] data = the prepared data folder is required")

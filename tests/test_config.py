@@ -90,3 +90,17 @@ def test_toml_train_table_takes_flat_keys_and_sub_tables(tmp_path, synth_data):
                  str(tmp_path / "run"), "--batch-size", "2", "--seq-len", "16", "--no-progress", "--threads", "1"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["train"]["lr"], summary["train"]["schedule"], summary["steps"]) == (0.004, "linear", 2)
+
+
+def test_sweep_train_table_takes_sub_tables(tmp_path):
+    from budgetlm.sweep import build_configs, load_sweep, plan_runs
+    path = tmp_path / "s.toml"
+    path.write_text(f'[sweep]\ndata = "{tmp_path}"\nbudget = "2-steps"\nout = "{tmp_path / "o"}"\n'
+                    '[grid]\nn_layer = [1]\n[train]\nbatch_size = 2\n[train.optim]\nlr = 0.005\n'
+                    '[train.fast]\ncompile = "off"\n')
+    spec = load_sweep(path)
+    _, tcfg = build_configs(spec, plan_runs(spec)[0], tmp_path / "o")
+    assert (tcfg.optim.lr, tcfg.fast.compile, tcfg.batch_size) == (0.005, "off", 2)
+    path.write_text(path.read_text() + "[train.eval]\nevery = 3\n")
+    with pytest.raises(BudgetLMError, match=r"unknown field\(s\) eval.every"):
+        load_sweep(path)
