@@ -97,3 +97,12 @@ def test_each_verb_module_registers_one_way():
         name = module.__name__.rsplit(".", 1)[1]
         assert callable(module.register) and callable(module.run), name
         assert sub.choices[name].get_default("fn") is module.run, name
+
+
+def test_a_bool_field_is_a_switch_pair_that_stays_unset_unless_given():
+    from budgetlm.cli.flags import OneLineParser, field_flag, picked
+    p = OneLineParser(prog="t")
+    action = field_flag(p, "tie_embeddings")
+    assert action.option_strings == ["--tie-embeddings", "--no-tie-embeddings"] and action.help
+    assert picked(p.parse_args([]), ("tie_embeddings",)) == {}
+    assert picked(p.parse_args(["--no-tie-embeddings"]), ("tie_embeddings",)) == {"tie_embeddings": False}

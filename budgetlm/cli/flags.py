@@ -35,8 +35,8 @@ def field_flag(g: argparse._ActionsContainer, name: str, *short: str, **override
                                      positive=bool(rules.get("positive")))
     if "choices" in rules:
         opts["choices"] = list(rules["choices"])
-    if kind == "bool":
-        raise ValueError(f"{name}: a bool field needs its own switch (e.g. --no-progress)")
+    if kind == "bool":  # --qk-norm / --no-qk-norm; unset stays None, so it is not an explicit choice
+        opts["action"] = argparse.BooleanOptionalAction
     if overrides.get("default") is not None and "help" not in overrides:  # this verb's own default, said
         shown = " ".join(map(str, overrides["default"])) if isinstance(overrides["default"], list) else overrides["default"]
         opts["help"] = f"{rules['help']} (default here: {shown})"
