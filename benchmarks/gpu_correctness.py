@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import record  # noqa: E402
-from budgetlm.config import TrainConfig, model_config  # noqa: E402
+from budgetlm.config import OptimConfig, TrainConfig, model_config  # noqa: E402
 from budgetlm.data.synth import generate_stories  # noqa: E402
 from budgetlm.data.tokenizers import build_tokenizer  # noqa: E402
 from budgetlm.train.fastpath import resolve_attention  # noqa: E402
@@ -37,8 +37,8 @@ def run(batches, vocab, fast: bool, fused_loss: bool, steps: int, attn: str = "a
     model.ce_kernel = ce_kernel and fast
     model.fp8_head = fp8_head and model.ce_kernel
     model.half_residual = half_residual and fast  # the plain path stays fp32 throughout
-    opt = make_optimizer(model, TrainConfig(lr=1e-3), dev) if fast else torch.optim.AdamW(
-        make_optimizer(model, TrainConfig(lr=1e-3), torch.device("cpu")).param_groups, lr=1e-3, betas=(0.9, 0.95))
+    opt = make_optimizer(model, TrainConfig(optim=OptimConfig(lr=1e-3)), dev) if fast else torch.optim.AdamW(
+        make_optimizer(model, TrainConfig(optim=OptimConfig(lr=1e-3)), torch.device("cpu")).param_groups, lr=1e-3, betas=(0.9, 0.95))
     runner = torch.compile(model) if fast else model
     losses = []
     for x, y in batches[:steps]:

@@ -4,7 +4,6 @@ so every speed claim comes with its ablation. Results append to benchmarks/resul
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -17,13 +16,12 @@ from pathlib import Path
 import torch
 
 from budgetlm.config import TrainConfig, model_config
-from budgetlm.device import autocast_ctx, pick_device, set_inductor_options, synchronize
+from budgetlm.device import autocast_ctx, pick_device, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
-from budgetlm.models.fp8 import FP8_RECIPES
 from budgetlm.models.transformer import gqa_mode
-from budgetlm.train.distributed import DistContext, PARALLEL_MODES, setup
-from budgetlm.train.fastpath import ATTENTION_BACKENDS, resolve_ce_kernel, resolve_fast_path
+from budgetlm.train.distributed import DistContext
+from budgetlm.train.fastpath import resolve_fast_path
 from budgetlm.train.optim import make_optimizer
 from budgetlm.train.step import CycleBatches, train_step
 
@@ -84,9 +82,8 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     model = build_model(cfg).to(dev)
     torch_dtype = torch.bfloat16 if dtype in ("bf16", "bfloat16") else torch.float32
     onoff = lambda flag: "on" if flag else "off"  # noqa: E731
-    tc = dataclasses.replace(TrainConfig(), compile=onoff(compile), attn=attn, fused_loss=onoff(fused_loss), ce_kernel=ce_kernel,
-                             fp8_head=fp8_head, fp8=fp8, fp8_modules=fp8_modules,
-                             half_residual=onoff(half_residual), recompute=recompute)
+    tc = dataclasses.replace(TrainConfig(),
+                             fast=dataclasses.replace(TrainConfig().fast, compile=onoff(compile), attn=attn, fused_loss=onoff(fused_loss), ce_kernel=ce_kernel, fp8_head=fp8_head, fp8=fp8, fp8_modules=fp8_modules, half_residual=onoff(half_residual), recompute=recompute))
     fast = resolve_fast_path(tc, dev, torch_dtype, model, accum=accum, distributed=ctx.enabled,
                              compile_mode=compile_mode)
     fp8_layers = fast.apply(model)
@@ -244,135 +241,3 @@ def print_rows(rows: list[dict], header: bool = True) -> None:
         print(f"{r.get('setting', r['model']):<30}{r['ms_per_step']:>9.1f}{r['tokens_per_s']:>11,.0f}{mfu:>7}"
               f"{full:>9}{r['tflops']:>9.1f}{mem:>8}", flush=True)
 
-
-def from_run(args: argparse.Namespace) -> dict:
-    """--from-run RUN: the model, sequence length, micro-batch, accumulation and CUDA-graph choice the
-    run trained with (its summary.json), so bench times the same step the trainer ran."""
-    path = Path(args.from_run) / "summary.json"
-    try:
-        summary = json.loads(path.read_text())
-        model, train = dict(summary["model"]), summary["train"]
-        args.seq, args.micro_batch, args.accum = train["seq_len"], [train["batch_size"]], summary.get("accum", 1)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise BudgetLMError(f"--from-run {args.from_run}: no readable summary.json of a finished run ({e})") from None
-    if summary.get("cuda_graphs") and args.compile_mode == "default":
-        args.compile_mode = "reduce-overhead"  # the trainer's CUDA graphs
-    args.model = None  # every shape field comes from the run's config
-    model.pop("block_size", None)  # bench sets it from --seq
-    return model
-
-
-def cmd_bench(args: argparse.Namespace) -> None:
-    model_fields = from_run(args) if args.from_run else {}
-    if args.seq < 1 or min(args.micro_batch) < 1 or args.steps < 1 or args.accum < 1:
-        raise BudgetLMError("--seq, --micro-batch, --accum and --steps must be positive")
-    inductor = set_inductor_options(args.inductor)  # before any compile; checked before a GPU is touched
-    with setup(pick_device(args.device or "auto"), args.parallel, args.zero_stage) as ctx:
-        _bench_settings(args, ctx, inductor, model_fields)
-
-
-def _bench_settings(args: argparse.Namespace, ctx: DistContext, inductor: dict | None = None,
-                    model_fields: dict | None = None) -> None:
-    base = dict(**(model_fields or {}), **dict(model_name=args.model, seq=args.seq, steps=args.steps, warmup=args.warmup,
-                compile=args.compile == "on", fused_loss=args.fused_loss == "on", attn=args.attn,
-                fused_adam=args.fused_adam == "on", dtype=args.dtype, recompute=args.recompute, fp8=args.fp8,
-                native_gqa=args.gqa == "native", half_residual=args.half_residual == "on",
-                ce_kernel=args.ce_kernel, fp8_head=args.fp8_head, fp8_modules=args.fp8_modules, device=args.device or "auto", accum=args.accum, compile_mode=args.compile_mode,
-                ctx=ctx))
-    say = print if ctx.is_main else (lambda *a, **k: None)
-    if args.vocab_multiple is not None:
-        base["vocab_multiple"] = args.vocab_multiple
-    if args.max_micro_batch:
-        if not torch.cuda.is_available():
-            raise BudgetLMError("--max-micro-batch needs CUDA (it searches for the out-of-memory edge)")
-        if ctx.enabled:  # an out-of-memory error on one rank would leave the others waiting in a collective
-            raise BudgetLMError("--max-micro-batch runs in one process; launch it without torchrun")
-        mb, row = max_micro_batch(start=args.micro_batch[0], **base)
-        print(f"largest micro-batch that fits: {mb}")
-        if row and not args.no_record:
-            row.update(setting="largest micro-batch", largest_micro_batch=mb)
-            record([row], "bench-max-micro-batch", Path(args.results))
-        return
-    if args.ablation:
-        kernel = resolve_ce_kernel(args.ce_kernel, ctx.device, args.fused_loss == "on")
-        settings = ablation_settings(args.model, args.attn, args.fp8, args.half_residual == "on", kernel,
-                                     args.fp8_head == "on")
-    else:
-        settings = {"as given": {}}
-    rows = []
-    for mb in args.micro_batch:
-        for name, change in settings.items():
-            try:
-                r = bench_one(**{**base, "micro_batch": mb, **change})
-            except torch.OutOfMemoryError:
-                if ctx.enabled:
-                    raise  # the other ranks cannot carry on alone
-                say(f"{name} (micro-batch {mb}): out of memory")
-                torch.cuda.empty_cache()
-                continue
-            except BudgetLMError as e:
-                if not args.ablation:
-                    raise
-                say(f"{name} (micro-batch {mb}): skipped, {e}")  # e.g. fp8 rows on a GPU without FP8
-                continue
-            finally:
-                if base["compile"]:
-                    torch._dynamo.reset()  # each setting compiles afresh; don't let caches pile up
-            r["setting"] = name if len(args.micro_batch) == 1 else f"{name} mb{mb}"
-            if args.from_run:
-                r.update(model=f"{model_fields['n_layer']}x{model_fields['n_embd']} v{model_fields['vocab_size']}",
-                         from_run=str(args.from_run))
-            if inductor:
-                r["inductor"] = inductor
-            if ctx.is_main:
-                print_rows([r], header=not rows)
-            rows.append(r)
-    if rows and not args.no_record and ctx.is_main:
-        record(rows, "bench-ablation" if args.ablation else "bench", Path(args.results))
-
-
-def register(sub) -> None:
-    from budgetlm.checks import number
-    p = sub.add_parser("bench", help="time training steps: ms/step, tokens/s, MFU, peak memory")
-    p.add_argument("--model", default="gpt2-124m")
-    p.add_argument("--seq", type=number(int, min=1), default=1024)
-    p.add_argument("--micro-batch", type=number(int, min=1), nargs="+", default=[16], help="one or more sizes to time")
-    p.add_argument("--accum", type=number(int, min=1), default=1, help="micro-batches per optimizer step")
-    p.add_argument("--steps", type=number(int, min=1), default=20)
-    p.add_argument("--warmup", type=number(int, min=0), default=5)
-    p.add_argument("--compile", choices=["on", "off"], default="on")
-    p.add_argument("--compile-mode", default="default",
-                   choices=["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"])
-    p.add_argument("--inductor", nargs="+", metavar="KEY=VALUE",
-                   help="torch._inductor.config options for this run, e.g. max_autotune_gemm=True combo_kernels=True")
-    p.add_argument("--fused-loss", choices=["on", "off"], default="off",
-                   help="chunked head+CE (saves memory; the compiled plain loss is faster on H100)")
-    p.add_argument("--ce-kernel", choices=["auto", "on", "off"], default="auto",
-                   help="loss gradient by one Triton kernel in the forward pass (auto: CUDA with Triton)")
-    p.add_argument("--fp8-head", choices=["on", "off"], default="off",
-                   help="the CE kernel's head matmuls in FP8 (models/ce_kernel_fp8.py; Ada/Hopper)")
-    p.add_argument("--fused-adam", choices=["on", "off"], default="on")
-    p.add_argument("--vocab-multiple", type=number(int, min=1))
-    p.add_argument("--attn", choices=list(ATTENTION_BACKENDS), default="auto",
-                   help="preferred attention kernel (auto: cuDNN on Hopper, else PyTorch's order)")
-    p.add_argument("--fp8", choices=list(FP8_RECIPES), default="off", help="FP8 matmuls through torchao")
-    p.add_argument("--fp8-modules", default="all",
-                   help="with --fp8: the Linears to swap, 'all' or pieces of module names ('mlp', 'mlp.down')")
-    p.add_argument("--gqa", choices=["native", "repeat"], default="native",
-                   help="grouped-query attention: SDPA's enable_gqa, or kv heads repeated before it")
-    p.add_argument("--half-residual", choices=["on", "off"], default="on",
-                   help="residual stream in bf16 under autocast (the trainer's CUDA default); off: fp32")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    p.add_argument("--recompute", type=int, choices=[0, 1, 2], default=0)
-    p.add_argument("--device")
-    p.add_argument("--parallel", choices=list(PARALLEL_MODES), default="auto",
-                   help="under torchrun: ddp or fsdp (FSDP2), as in training; auto = ddp")
-    p.add_argument("--zero-stage", type=int, choices=[0, 1], default=0, help="1 = shard the AdamW state across DDP ranks (ZeRO-1)")
-    p.add_argument("--ablation", action="store_true", help="run the fast path and each piece switched off")
-    p.add_argument("--results", default=str(RESULTS))
-    p.add_argument("--no-record", action="store_true")
-    p.add_argument("--from-run", metavar="RUN", help="time the step a finished run trained: its model, "
-                   "seq len, micro-batch, accumulation and CUDA graphs (from RUN/summary.json)")
-    p.add_argument("--max-micro-batch", action="store_true",
-                   help="search the largest micro-batch that fits (doubling from --micro-batch, then bisect)")
-    p.set_defaults(fn=cmd_bench)

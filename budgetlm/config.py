@@ -6,24 +6,18 @@ Plain values only, so a config round-trips through JSON (checkpoints) and TOML (
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import re
-import tomllib
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
+from budgetlm.config_fields import (  # noqa: F401 (re-exported: callers import these from budgetlm.config)
+    check_fields, check_table, check_toml_tables, check_value, field_kind, flag_name, flat_dict, flat_values,
+    from_dict, get_value, group, group_fields, leaf_field, leaf_items, leaf_paths, load_toml, nest_values, save_json,
+    set_value, setting, to_dict)
 from budgetlm.errors import BudgetLMError
 
 
 ARCHS = ("gpt", "lstm", "d3pm")  # build_model in budgetlm/models/__init__.py knows each
-
-
-def setting(default: Any, help: str = "", **rules: Any) -> Any:
-    """A dataclass field whose rules (choices, min, max, positive, finite) live in its metadata, so
-    check_field, the CLI's --help/choices and the TOML loader all read the same place."""
-    return field(default=default, metadata=dict(help=help, **rules))
 
 
 ONOFF = ("auto", "on", "off")
@@ -148,38 +142,71 @@ def model_config(preset: str | None = None, **overrides: Any) -> ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Everything the trainer needs besides the model shape and the data."""
+class OptimConfig:
+    """TrainConfig.optim: the optimizer (AdamW, or Muon for the blocks' matrices) and its groups' LRs."""
 
-    budget: str = setting("5m", "5m, 2h, 300s, 50M-tokens, 1000-steps", budget=True)
-    batch_size: int = setting(32, "sequences per micro-batch", min=1)
-    total_batch_tokens: int | None = setting(None, "tokens per step (gradient accumulation)", min=1)
-    seq_len: int = setting(256, "tokens per training sequence", min=1)
     lr: float = setting(2e-3, "peak learning rate", positive=True)
-    min_lr_frac: float = setting(0.1, "floor of the decay, as a fraction of --lr", min=0.0, max=1.0)
-    warmup_frac: float = setting(0.05, "warmup as a fraction of the budget", min=0.0, max=1.0)
-    warmup_steps: int | None = setting(None, "explicit warmup steps (overrides --warmup-frac)", min=0)
-    schedule: str = setting("cosine", "learning-rate schedule", choices=("cosine", "linear", "wsd", "constant"))
     weight_decay: float = setting(0.1, "AdamW weight decay", min=0.0)
     beta1: float = setting(0.9, "AdamW beta1", min=0.0, max=0.9999)
     beta2: float = setting(0.95, "AdamW beta2", min=0.0, max=0.9999)
     grad_clip: float = setting(1.0, "gradient-norm clip (0 = off)", min=0.0)
-    seed: int = setting(1337, "random seed", min=0)
-    device: str = setting("auto", "auto, cpu, cuda, cuda:N, mps")
-    dtype: str = setting("auto", "compute dtype", choices=("auto", "float32", "bfloat16"))
-    compile: str = setting("auto", "torch.compile", choices=ONOFF)
-    threads: int | None = setting(None, "CPU threads", min=1)
+    optimizer: str = setting("adamw", "adamw, or muon: Muon for the blocks' matrices, AdamW for the rest",
+                             choices=("adamw", "muon"))
+    muon_lr: float = setting(0.02, "Muon's peak learning rate (scaled by the schedule like --lr)", positive=True)
+    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum", min=0.0, max=0.9999)
+    muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay", min=0.0)
+    muon_lr_adjust: str = setting("original", "Muon's per-shape LR scale: original = sqrt(max(1, rows/cols)) "
+                                  "(Keller Jordan), match_rms_adamw = 0.2*sqrt(max(rows, cols)) (Moonshot)",
+                                  choices=("original", "match_rms_adamw"))
+    embed_lr: float | None = setting(None, "AdamW LR of the embeddings (default --lr)", positive=True)
+    head_lr: float | None = setting(None, "AdamW LR of an untied LM head (default --lr)", positive=True)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class ScheduleConfig:
+    """TrainConfig.schedule: the learning-rate schedule."""
+
+    schedule: str = setting("cosine", "learning-rate schedule", choices=("cosine", "linear", "wsd", "constant"))
+    warmup_frac: float = setting(0.05, "warmup as a fraction of the budget", min=0.0, max=1.0)
+    warmup_steps: int | None = setting(None, "explicit warmup steps (overrides --warmup-frac)", min=0)
+    min_lr_frac: float = setting(0.1, "floor of the decay, as a fraction of --lr", min=0.0, max=1.0)
+    decay_frac: float = setting(0.2, "--schedule wsd: the final fraction of the budget spent decaying",
+                                positive=True, max=1.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class EvalConfig:
+    """TrainConfig.eval: validation, HellaSwag and samples during training."""
+
     eval_every: int = setting(0, "steps between evals (0 = time budgets: --eval-points evals spread over the "
                               "budget; other budgets: only at the end)", min=0)
     eval_points: int = setting(10, "with --eval-every 0 and a time budget: an eval at each 1/N of it (0 = none)",
                                min=0)
     eval_tokens: int = setting(65536, "validation tokens scored at each eval", min=1)
     final_eval_tokens: int = setting(0, "validation tokens of the final eval (0 = the whole split)", min=0)
-    checkpoint_every: int = setting(0, "steps between checkpoints (0 = only at the end)", min=0)
-    log_every: int = setting(10, "steps between log lines", min=1)
-    log_to: str = setting("auto", "metric sinks: jsonl,tensorboard,wandb (auto = jsonl + tensorboard when installed)")
-    out_dir: str = setting("runs/latest", "run folder")
-    progress: bool = setting(True, "live progress bar")
+    hellaswag_every: int = setting(0, "steps between HellaSwag evals (0 = never; also at the end)", min=0)
+    hellaswag_items: int = setting(0, "HellaSwag items per eval (0 = all 10,042)", min=0)
+    hellaswag_file: str | None = setting(None, "a local HellaSwag val file (.jsonl or .jsonl.xz) instead "
+                                       "of the download (or set BUDGETLM_HELLASWAG_FILE)")
+    sample_every: int = setting(0, "steps between samples printed by rank 0 (0 = never)", min=0)
+    sample_tokens: int = setting(64, "tokens per sample", min=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class FastConfig:
+    """TrainConfig.fast: the fast path: precision, compilation, kernels, memory savers."""
+
+    dtype: str = setting("auto", "compute dtype", choices=("auto", "float32", "bfloat16"))
+    compile: str = setting("auto", "torch.compile", choices=ONOFF)
     fused_loss: str = setting("auto", "chunked head+cross-entropy, saves memory (auto: off)", choices=ONOFF)
     ce_kernel: str = setting("auto", "loss gradient written over the logits by one Triton kernel "
                              "(auto: CUDA with Triton)", choices=ONOFF)
@@ -195,148 +222,120 @@ class TrainConfig:
                                "< 20M params)", choices=ONOFF)
     half_residual: str = setting("auto", "residual stream in bf16, norms in fp32 (auto: CUDA half precision)",
                                  choices=ONOFF)
-    teacher: str | None = setting(None, "ngram:N - distill from a Kneser-Ney n-gram for the first steps")
-    distill_steps: int = setting(200, "steps of distillation", min=0)
-    distill_alpha: float = setting(0.5, "weight of the KL term (0..1)", min=0.0, max=1.0)
-    distill_temp: float = setting(1.0, "distillation temperature", positive=True)
-    max_steps: int | None = setting(None, "stop after N steps (the schedule still follows the budget)", min=1)
-    sample_every: int = setting(0, "steps between samples printed by rank 0 (0 = never)", min=0)
-    sample_tokens: int = setting(64, "tokens per sample", min=1)
-    hellaswag_every: int = setting(0, "steps between HellaSwag evals (0 = never; also at the end)", min=0)
-    hellaswag_items: int = setting(0, "HellaSwag items per eval (0 = all 10,042)", min=0)
-    hellaswag_file: str | None = setting(None, "a local HellaSwag val file (.jsonl or .jsonl.xz) instead of the download")
-    train_shards: str | None = setting(None, "train shards glob (llm.c -i); default: the data folder's train split")
-    val_shards: str | None = setting(None, "val shards glob (llm.c -j)")
-    parallel: str = setting("auto", "under torchrun: ddp (default) or fsdp", choices=("auto", "ddp", "fsdp"))
-    zero_stage: int = setting(0, "1: ZeRO-1, AdamW state sharded (ddp)", choices=(0, 1))
-    # issue 21: optimizer, per-group LRs, schedule and recipe (flat for now; the lead groups them)
-    recipe: str = setting("plain", "named bundle of model/optimizer switches (explicit flags win)",
-                          choices=("plain", "modern"))
-    optimizer: str = setting("adamw", "adamw, or muon: Muon for the blocks' matrices, AdamW for the rest",
-                             choices=("adamw", "muon"))
-    muon_lr: float = setting(0.02, "Muon's peak learning rate (scaled by the schedule like --lr)", positive=True)
-    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum", min=0.0, max=0.9999)
-    muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay", min=0.0)
-    muon_lr_adjust: str = setting("original", "Muon's per-shape LR scale: original = sqrt(max(1, rows/cols)) "
-                                  "(Keller Jordan), match_rms_adamw = 0.2*sqrt(max(rows, cols)) (Moonshot)",
-                                  choices=("original", "match_rms_adamw"))
-    embed_lr: float | None = setting(None, "AdamW LR of the embeddings (default --lr)", positive=True)
-    head_lr: float | None = setting(None, "AdamW LR of an untied LM head (default --lr)", positive=True)
-    decay_frac: float = setting(0.2, "--schedule wsd: the final fraction of the budget spent decaying",
-                                positive=True, max=1.0)
 
     def __post_init__(self) -> None:
         check_fields(self)
 
 
-def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
+@dataclass
+class DistConfig:
+    """TrainConfig.dist: scale-out under torchrun."""
+
+    parallel: str = setting("auto", "under torchrun: ddp (default) or fsdp", choices=("auto", "ddp", "fsdp"))
+    zero_stage: int = setting(0, "1: ZeRO-1, AdamW state sharded (ddp)", choices=(0, 1))
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
-def field_kind(f: dataclasses.Field) -> tuple[str, bool]:
-    """The base type name of a field (annotations are strings here) and whether None is allowed."""
-    parts = [p.strip() for p in str(f.type).split("|")]
-    return parts[0], "None" in parts
+@dataclass
+class DataConfig:
+    """TrainConfig.data: where the tokens come from (default: the data folder's splits)."""
+
+    train_shards: str | None = setting(None, "train shards glob, e.g. 'DIR/fineweb_train_*.bin', or a data folder "
+                                      "(default: the data folder's train split)")
+    val_shards: str | None = setting(None, "val shards glob, e.g. 'DIR/fineweb_val_*.bin'")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
-def check_value(f: dataclasses.Field, value: Any, label: str | None = None) -> Any:
-    """`value` for field `f` after its type and metadata rules; errors name `label` (default the flag).
-    An int is accepted where a float is expected and returned as a float."""
-    label = label or flag_name(f.name)
-    kind, nullable = field_kind(f)
-    rules = f.metadata
-    if value is None:
-        if nullable:
-            return None
-        raise BudgetLMError(f"{label}: a value is required")
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise BudgetLMError(f"{label}: expected true or false, got {value!r}")
-        return value
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BudgetLMError(f"{label}: expected a whole number, got {value!r}")
-    elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BudgetLMError(f"{label}: expected a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise BudgetLMError(f"{label} must be a finite number, got {value}")
-    elif kind == "str" and not isinstance(value, str):
-        raise BudgetLMError(f"{label}: expected a string, got {value!r}")
-    if "choices" in rules and value not in rules["choices"]:
-        allowed = ", ".join(str(c) for c in rules["choices"])
-        raise BudgetLMError(f"{label} must be one of {allowed}, got {value!r}")
-    if rules.get("positive") and not value > 0:
-        raise BudgetLMError(f"{label} must be positive, got {value}")
-    if "min" in rules and value < rules["min"]:
-        raise BudgetLMError(f"{label} must be at least {rules['min']}, got {value}")
-    if "max" in rules and value > rules["max"]:
-        raise BudgetLMError(f"{label} must be at most {rules['max']}, got {value}")
-    if rules.get("budget"):
-        from budgetlm.train.budget import parse_budget
-        try:
-            parse_budget(value)
-        except BudgetLMError as e:
-            raise BudgetLMError(f"{label} {str(e).removeprefix('--budget ')}") from None
-    return value
+@dataclass
+class DistillConfig:
+    """TrainConfig.distill: distillation from an n-gram teacher."""
+
+    teacher: str | None = setting(None, "ngram:N - distill from a Kneser-Ney n-gram for the first steps")
+    distill_steps: int = setting(200, "steps of distillation", min=0)
+    distill_alpha: float = setting(0.5, "weight of the KL term (0..1)", min=0.0, max=1.0)
+    distill_temp: float = setting(1.0, "distillation temperature", positive=True)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
-def check_fields(cfg: Any) -> None:
-    """Every field of a config dataclass through check_value (floats normalized in place)."""
-    for f in fields(cfg):
-        setattr(cfg, f.name, check_value(f, getattr(cfg, f.name)))
+@dataclass(init=False)
+class TrainConfig:
+    """Everything the trainer needs besides the model shape and the data: run-level fields at the top,
+    the rest in one sub-config per component that reads it (cfg.optim.lr, cfg.fast.compile, ...).
+
+    The constructor also takes today's flat keywords (TrainConfig(lr=1e-3) sets optim.lr), so old
+    checkpoints, plan files and callers keep working; a sub-config passed in is copied, so two
+    TrainConfigs never share one."""
+
+    budget: str = setting("5m", "5m, 2h, 300s, 50M-tokens, 1000-steps", budget=True)
+    batch_size: int = setting(32, "sequences per micro-batch", min=1)
+    total_batch_tokens: int | None = setting(None, "tokens per step (gradient accumulation)", min=1)
+    seq_len: int = setting(256, "tokens per training sequence", min=1)
+    seed: int = setting(1337, "random seed", min=0)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N, mps")
+    threads: int | None = setting(None, "CPU threads", min=1)
+    checkpoint_every: int = setting(0, "steps between checkpoints (0 = only at the end)", min=0)
+    log_every: int = setting(10, "steps between log lines", min=1)
+    log_to: str = setting("auto", "metric sinks: jsonl,tensorboard,wandb (auto = jsonl + tensorboard when installed)")
+    out_dir: str = setting("runs/latest", "run folder")
+    progress: bool = setting(True, "live progress bar")
+    max_steps: int | None = setting(None, "stop after N steps (the schedule still follows the "
+                                   "budget; no --budget: the budget is N-steps)", min=1)
+    recipe: str = setting("plain", "named bundle of model/optimizer switches (explicit flags win)",
+                          choices=("plain", "modern"))
+    optim: OptimConfig = group(OptimConfig, "the optimizer: lr, betas, weight decay, gradient clip")
+    schedule: ScheduleConfig = group(ScheduleConfig, "the learning-rate schedule and its warmup")
+    eval: EvalConfig = group(EvalConfig, "validation, HellaSwag and samples during training")
+    fast: FastConfig = group(FastConfig, "precision, compilation, kernels and memory savers")
+    dist: DistConfig = group(DistConfig, "data-parallel mode and ZeRO under torchrun")
+    data: DataConfig = group(DataConfig, "train / val shard globs")
+    distill: DistillConfig = group(DistillConfig, "distillation from an n-gram teacher")
+
+    def __init__(self, **values: Any) -> None:
+        split = nest_values(type(self), values)
+        for f in fields(self):
+            if f.metadata.get("group"):
+                setattr(self, f.name, _build_group(f, split.get(f.name)))
+            else:
+                setattr(self, f.name, split.get(f.name, f.default))
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A flat name set here would be a silent new attribute the trainer never reads.
+        if name not in _FIELD_NAMES[type(self)]:
+            raise AttributeError(_moved(type(self), name))
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:  # only called when the attribute is missing
+        raise AttributeError(_moved(type(self), name))
 
 
-def check_table(cls: type, values: dict[str, Any], where: str, table: str, extra: tuple[str, ...] = ()) -> None:
-    """The keys of one TOML table: unknown keys and bad values name `table.key in where`."""
-    known = {f.name: f for f in fields(cls)}
-    for key, value in values.items():
-        if key in extra:
-            continue
-        if key not in known:
-            raise BudgetLMError(f"{table}.{key} in {where}: unknown key; known: {', '.join(sorted(known))}")
-        check_value(known[key], value, f"{table}.{key} in {where}")
+def _build_group(f: dataclasses.Field, given: Any) -> Any:
+    cls = f.default_factory
+    if given is None:
+        return cls()
+    if isinstance(given, dict):
+        return cls(**given)
+    if isinstance(given, cls):
+        return dataclasses.replace(given)
+    raise TypeError(f"TrainConfig.{f.name}: expected a {cls.__name__} or a dict, got {given!r}")
 
 
-def check_toml_tables(file: dict[str, Any], where: str, allowed: dict[str, type | None]) -> None:
-    """Top-level tables of a config file: only `allowed` (name -> dataclass or None for free-form)."""
-    for name, value in file.items():
-        if name not in allowed:
-            raise BudgetLMError(f"{where}: unknown table [{name}]; expected {', '.join(f'[{a}]' for a in allowed)}")
-        if not isinstance(value, dict):
-            raise BudgetLMError(f"{name} in {where}: expected a table [{name}], got {value!r}")
+def _moved(cls: type, name: str) -> str:
+    where = leaf_paths(cls).get(name)
+    if where and "." in where:
+        return f"{cls.__name__}.{name} moved to {cls.__name__}.{where}"
+    return f"{cls.__name__} has no field {name!r}"
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
-    """Build a dataclass from a dict, naming any unknown field and where it came from."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise BudgetLMError(f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
-    if source != "flags":  # values from a file: errors name the key and the file, not a flag
-        by_name = {f.name: f for f in fields(cls)}
-        for key, value in values.items():
-            check_value(by_name[key], value, f"{key} in {source}")
-    return cls(**values)
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise BudgetLMError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise BudgetLMError(f"{path}: not valid TOML ({e})") from None
-
-
-def save_json(path: str | Path, data: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+_FIELD_NAMES = {TrainConfig: {f.name for f in fields(TrainConfig)}}
 
 
 @dataclass

@@ -15,7 +15,6 @@ merge-free BPE tokenizer.json (one token per character, unseen characters -> the
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -233,23 +232,3 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     params = sum(t.numel() for t in weights.values())  # as budgetlm counts: tied head once
     (out / "README.md").write_text(model_card(cfg, family, params, tok, ckpt))
     return out
-
-
-def cmd_export(args: argparse.Namespace) -> None:
-    if args.format != "hf":
-        raise BudgetLMError(f"--format: unknown format {args.format!r}; supported: hf")
-    from budgetlm.checks import out_dir
-    out_dir(args.out, "--out", empty=not getattr(args, "force", False))  # never overwrite files silently
-    out = export_hf(args.checkpoint, args.out)
-    print(f"exported {args.checkpoint} -> {out} (load with AutoModelForCausalLM.from_pretrained({str(out)!r}))")
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `budgetlm export CHECKPOINT --format hf --out OUT` to the CLI's subparsers."""
-    sp = subparsers.add_parser("export", help="write a checkpoint as a Hugging Face transformers folder")
-    sp.add_argument("checkpoint", help="run or checkpoint folder")
-    sp.add_argument("--format", default="hf", help="hf (transformers: GPT2LMHeadModel or LlamaForCausalLM)")
-    sp.add_argument("--out", required=True, help="output folder (new or empty, unless --force)")
-    sp.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing its files")
-    sp.set_defaults(fn=cmd_export)
-    return sp

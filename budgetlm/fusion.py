@@ -208,7 +208,7 @@ class Fuser:
         if "ngram" in act:
             if spec.ngram_path:
                 ngram = KneserNeyLM.load(spec.ngram_path)
-                from budgetlm.ngram_cli import check_tokenizer
+                from budgetlm.models.ngram_build import check_tokenizer
                 check_tokenizer(ngram, spec.ngram_path, tokenizer, "--fuse ngram")
                 log(f"fusion: loaded {ngram.order}-gram model from {spec.ngram_path}")
             else:

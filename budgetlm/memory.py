@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from budgetlm.config import ModelConfig, TrainConfig
+from budgetlm.config import FastConfig, ModelConfig, OptimConfig, TrainConfig
 from budgetlm.device import autocast_ctx, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
@@ -240,9 +240,8 @@ def _train_steps(cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     onoff = lambda flag, auto=False: "auto" if flag is None and auto else ("on" if flag else "off")  # noqa: E731
-    tc = TrainConfig(compile=onoff(compile), cuda_graphs=onoff(cuda_graphs and compile), fused_loss=onoff(fused_loss),
-                     ce_kernel=onoff(ce_kernel, auto=True), half_residual=onoff(half_residual, auto=True),
-                     recompute=_level(recompute), lr=1e-4, beta1=0.9, beta2=0.95, weight_decay=0.1)
+    tc = TrainConfig(fast=FastConfig(compile=onoff(compile), cuda_graphs=onoff(cuda_graphs and compile), fused_loss=onoff(fused_loss), ce_kernel=onoff(ce_kernel, auto=True), half_residual=onoff(half_residual, auto=True), recompute=_level(recompute)),
+                     optim=OptimConfig(lr=1e-4, beta1=0.9, beta2=0.95, weight_decay=0.1))
     fast = resolve_fast_path(tc, device, dtype, model, accum=accum)
     fast.apply(model)  # the trainer's switches, set the way it sets them
     opt = make_optimizer(model, tc, device)

@@ -19,7 +19,6 @@ and writes a TOML config that `budgetlm train --config plan.toml --data DIR` run
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from budgetlm.memory import (GB, OVERHEAD_BYTES, SHARDINGS, count_params, flops_
 from budgetlm.train.budget import parse_budget, parse_count  # noqa: F401 (parse_count: plan's --tokens/--params)
 
 __all__ = ["count_params", "memory_estimate", "measure_peak_memory", "peak_flops", "estimate", "make_plan",
-           "write_config", "register", "Plan", "Candidate", "ladder", "chinchilla_loss"]
+           "write_config", "Plan", "Candidate", "ladder", "chinchilla_loss"]
 
 GOALS = ("compute-optimal", "inference-optimal", "fixed-params")
 # GPT-2 BPE / Llama vocabularies (the data's tokenizer decides at train time), rows padded to 64 as the presets do.
@@ -503,53 +502,3 @@ def write_config(plan: Plan, path: str | Path) -> Path:
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def cmd_plan(args: argparse.Namespace) -> None:
-    """The `plan` verb: table, recommendation, optional formulas, measurements and config file."""
-    plan = make_plan(args.gpu, args.gpus, args.tokens, args.time, args.goal, args.params, args.family, args.seq_len,
-                     args.mfu, args.tflops, args.mem_gb, args.sharding, args.recompute, args.vocab,
-                     loss_tolerance=args.loss_tolerance, data_dir=args.data, fused_loss=args.fused_loss or None)
-    print(render(plan))
-    if args.explain:
-        print("\nFormulas:\n" + explain(plan))
-    if args.measure:
-        print("\nMeasured on this machine as the trainer runs (compiled on CUDA, eager elsewhere); the estimate "
-              "uses this device's peak and --mfu:")
-        measure(plan, compile=args.compile)
-    if args.out:
-        print(f"\nwrote {write_config(plan, args.out)}: budgetlm train --config {args.out}"
-              + ("" if args.data else " --data DIR"))
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the `plan` verb to budgetlm's subparsers; its `fn` takes the parsed args."""
-    from budgetlm.checks import number
-    sp = subparsers.add_parser("plan", help="what a budget buys: model size, memory, speed, tokens, a config")
-    sp.add_argument("--gpu", default="h100", help="a100-40gb, a100-80gb, h100, h100-pcie, h200, mi300x, rtx3090, "
-                    "rtx4090, m1..m4, cpu or custom (with --tflops and --mem-gb)")
-    sp.add_argument("--gpus", type=number(int, min=1), default=1, help="number of GPUs")
-    sp.add_argument("--tokens", help="tokens of data available, e.g. 14.6B (default: unlimited)")
-    sp.add_argument("--time", default="24h", help="wall-clock budget: 24h, 90m, 1h30m")
-    sp.add_argument("--goal", choices=GOALS, default="compute-optimal")
-    sp.add_argument("--params", help="model size for --goal fixed-params, e.g. 1.5B")
-    sp.add_argument("--family", choices=sorted(LADDERS), default="gpt2")
-    sp.add_argument("--seq-len", type=number(int, min=1), default=1024)
-    sp.add_argument("--vocab", type=number(int, min=1), help="vocabulary size (default: 50257 gpt2, 32000 llama)")
-    sp.add_argument("--mfu", type=number(float, positive=True, max=1.0), default=0.40,
-                    help="assumed model FLOPs utilization")
-    sp.add_argument("--tflops", type=number(float, positive=True), help="peak dense bf16 TFLOP/s (custom GPU, or override)")
-    sp.add_argument("--mem-gb", type=number(float, positive=True), help="memory per GPU in GB (custom GPU, or override)")
-    sp.add_argument("--sharding", choices=SHARDINGS, default="none")
-    sp.add_argument("--recompute", type=int, nargs="?", const=2, default=0, choices=(0, 1, 2),
-                    help="activation recompute: 1 MLPs, 2 whole blocks (bare flag: 2)")
-    sp.add_argument("--fused-loss", action="store_true", help="assume the chunked loss head (less memory)")
-    sp.add_argument("--loss-tolerance", type=number(float, min=0.0), default=0.02, help="inference-optimal: loss allowed above the best")
-    sp.add_argument("--measure", action="store_true", help="time real steps of the small candidates here")
-    sp.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                    help="with --measure: compile as the trainer would (auto: on CUDA only)")
-    sp.add_argument("--explain", action="store_true", help="print every formula with its numbers")
-    sp.add_argument("--out", help="write the recommended config as TOML here")
-    sp.add_argument("--data", help="prepared data folder to name in the config's [data] table")
-    sp.set_defaults(fn=cmd_plan)
-    return sp

@@ -8,7 +8,6 @@ progress and on runs copied from another machine.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -148,18 +147,3 @@ def _summary_page(runs: list[dict[str, Any]], path: Path, plt) -> None:
     fig.text(0.05, 0.04, "\n".join(notes), fontsize=8, family="monospace", va="bottom")
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def cmd_plot(args: argparse.Namespace) -> None:
-    curves, page = plot_runs(args.runs, args.out, args.summary, refs=not args.no_refs)
-    print(f"wrote {curves} and {page}")
-
-
-def register(sub: Any) -> None:
-    """Add the `plot` verb to budgetlm's subcommands."""
-    sp = sub.add_parser("plot", help="val loss and HellaSwag curves of runs, with GPT-2/GPT-3 references")
-    sp.add_argument("runs", nargs="+", help="run folders (with metrics.jsonl)")
-    sp.add_argument("--out", default="runs.png", help="curves PNG (default runs.png)")
-    sp.add_argument("--summary", help="summary-page PNG (default: OUT with _summary)")
-    sp.add_argument("--no-refs", action="store_true", help="leave out the reference lines")
-    sp.set_defaults(fn=cmd_plot)

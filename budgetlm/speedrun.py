@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from budgetlm.config import ModelConfig, RunInfo, TrainConfig, model_config
+from budgetlm.config import ModelConfig, OptimConfig, RunInfo, TrainConfig, model_config
 from budgetlm.data.prepare import META_FILE, prepare
 from budgetlm.data.sources import hub_reachable
 from budgetlm.device import pick_device
@@ -68,7 +68,7 @@ def choose_setup(budget: str | Budget, device: str, tokenizer: str | None = None
         mcfg = ModelConfig(n_layer=3, n_head=3, n_embd=96, mlp="swiglu", block_size=seq)
     else:
         mcfg = model_config(preset, block_size=seq)
-    tcfg = TrainConfig(budget=b.text or str(b), batch_size=batch, seq_len=seq, lr=lr, device=device)
+    tcfg = TrainConfig(budget=b.text or str(b), batch_size=batch, seq_len=seq, device=device, optim=OptimConfig(lr=lr))
     setup = Setup(mcfg, tcfg, tok, why)
     if calibration is not None and b.kind == "time":
         sized = size_model(seconds if seconds_left is None else seconds_left, calibration, unique_tokens, tokenizer)
@@ -170,11 +170,14 @@ def _sized_setup(budget: str | Budget, device: str, tokenizer: str | None, sizin
 def _apply_overrides(setup: Setup, overrides: dict) -> None:
     """Explicit flags win over the sizing; a changed batch or seq len drops the sized accumulation."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    from budgetlm.config import TrainConfig, leaf_paths, set_value
     for k, v in given.items():
-        target = setup.model if hasattr(setup.model, k) else setup.train if hasattr(setup.train, k) else None
-        if target is None:
+        if hasattr(setup.model, k):
+            setattr(setup.model, k, v)
+        elif k in leaf_paths(TrainConfig):
+            set_value(setup.train, k, v)
+        else:
             raise BudgetLMError(f"speedrun: unknown override {k!r}")
-        setattr(target, k, v)
     # Rebuilt, so the overrides pass the same checks as any config (e.g. n_embd divisible by n_head).
     setup.model, setup.train = dataclasses.replace(setup.model), dataclasses.replace(setup.train)
     from budgetlm.train.recipe import apply_recipe  # issue 21: --recipe's bundle; explicit flags win

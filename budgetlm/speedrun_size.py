@@ -315,7 +315,7 @@ def apply_sizing(sizing: Sizing, model: ModelConfig, train, log: Callable[[str],
     for k in ("n_layer", "n_head", "n_embd", "mlp", "vocab_multiple", "block_size"):  # vocab: the data's
         setattr(model, k, getattr(c.cfg, k))
     model.n_kv_head = None
-    train.batch_size, train.seq_len, train.lr = c.micro_batch, c.seq_len, c.lr
+    train.batch_size, train.seq_len, train.optim.lr = c.micro_batch, c.seq_len, c.lr
     train.total_batch_tokens = c.micro_batch * c.seq_len * c.accum if c.accum > 1 else None
     for line in sizing.lines:
         log(line)

@@ -28,7 +28,6 @@ in OUT/leaderboard.txt, OUT/bpb_vs_params.png and OUT/best_curves.png.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
@@ -41,13 +40,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from budgetlm.config import ModelConfig, TrainConfig, from_dict, load_toml, model_config
+from budgetlm.config import ModelConfig, TrainConfig, flat_values, from_dict, leaf_paths, load_toml, model_config
 from budgetlm.errors import BudgetLMError
 
 SWEEP_KEYS = {"budget", "data", "mode", "n", "seeds", "out", "parallel", "preset", "sample_seed"}
 RESERVED = {"seed", "out_dir", "progress"}  # set by the sweep for each run
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)} | {"preset"}
-TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+TRAIN_FIELDS = set(leaf_paths(TrainConfig))  # flat names, as in [train] and [grid]
 METRICS = ("params", "steps", "tokens_seen", "tokens_per_s", "train_seconds", "val_loss", "val_ppl", "val_bpb",
            "flops_per_token", "epochs")
 
@@ -82,7 +81,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     bad = sorted(set(sw) - SWEEP_KEYS)
     if bad:
         raise BudgetLMError(f"{src}: unknown [sweep] key(s) {', '.join(bad)}; known: {', '.join(sorted(SWEEP_KEYS))}")
-    train = dict(file.get("train", {}))
+    train = flat_values(TrainConfig, dict(file.get("train", {})))  # [train.optim] tables as flat keys
     budget = sw.pop("budget", None) or train.pop("budget", None)
     if not sw.get("data"):
         raise BudgetLMError(f"{src}: [sweep] data = the prepared data folder is required")
@@ -320,31 +319,3 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool
     log(table)
     log("files: " + ", ".join(str(f) for f in files))
     return SweepResult(rows, len(todo), len(done), failed, board, table, files)
-
-
-def cmd_sweep(args: argparse.Namespace) -> None:
-    spec = load_sweep(args.config)
-    if args.parallel is not None:
-        spec.parallel = args.parallel
-        check_spec(spec)
-    if args.out:
-        spec.out = args.out
-    from budgetlm.checks import out_dir
-    out_dir(spec.out, "--out" if args.out else f"[sweep] out in {args.config}")
-    result = run_sweep(spec, dry_run=args.dry_run)
-    if result.rows and result.failed == len(result.rows):  # nothing to compare: the sweep itself failed
-        first = next((str(r["error"]).splitlines()[0] for r in result.rows if r.get("error")), "see the run logs")
-        raise BudgetLMError(f"all {result.failed} of {len(result.rows)} runs failed; first error: {first}")
-    if result.failed:
-        print(f"note: {result.failed} of {len(result.rows)} runs failed (see results.csv)")
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the `sweep` verb to budgetlm's subparsers; its `fn` takes the parsed args."""
-    sp = subparsers.add_parser("sweep", help="grid/random search over settings x seeds, with a noise-aware leaderboard")
-    sp.add_argument("config", help="TOML file with [sweep], [grid] (and optional [model], [train]) tables")
-    sp.add_argument("--parallel", type=int, help="worker processes (overrides [sweep] parallel)")
-    sp.add_argument("--out", help="sweep folder (overrides [sweep] out)")
-    sp.add_argument("--dry-run", action="store_true", help="list the runs and which are done; train nothing")
-    sp.set_defaults(fn=cmd_sweep)
-    return sp

@@ -28,8 +28,8 @@ def test_bench_reports_the_loss_and_refuses_steps_that_do_not_train(monkeypatch:
         with pytest.raises(BudgetLMError, match="do not train"):
             bench.check_training(10.9, last)
     # A setting that wrecks the weights (AdamW at lr 100) is caught, not timed.
-    from budgetlm.config import TrainConfig
-    monkeypatch.setattr(bench, "TrainConfig", lambda: TrainConfig(lr=100.0))
+    from budgetlm.config import OptimConfig, TrainConfig
+    monkeypatch.setattr(bench, "TrainConfig", lambda: TrainConfig(optim=OptimConfig(lr=100.0)))
     with pytest.raises(BudgetLMError, match="do not train"):
         bench.bench_one("nano", seq=16, micro_batch=2, steps=3, warmup=1, compile=False, device="cpu")
 
@@ -95,15 +95,16 @@ def test_bench_under_torchrun_reports_the_job_and_each_gpu(tmp_path, mode) -> No
 
 def test_max_micro_batch_refuses_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
     from argparse import Namespace
+    from budgetlm.cli import bench as bench_cli
     from budgetlm.train.distributed import DistContext
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    args = Namespace(model="nano", seq=16, steps=1, warmup=1, compile="off", fused_loss="off", attn="auto",
+    args = Namespace(model="nano", seq_len=16, steps=1, warmup=1, compile="off", fused_loss="off", attn="auto",
                      fused_adam="on", dtype="float32", recompute=0, fp8="off", gqa="native", half_residual="on",
                      ce_kernel="off", fp8_head="off", fp8_modules="all", device="cpu", accum=1, compile_mode="default",
                      vocab_multiple=None,
-                     max_micro_batch=True, micro_batch=[2])
+                     max_micro_batch=True, batch_size=[2])
     with pytest.raises(BudgetLMError, match="without torchrun"):
-        bench._bench_settings(args, DistContext(world=2, parallel="ddp"))
+        bench_cli.bench_settings(args, DistContext(world=2, parallel="ddp"))
 
 
 def test_inductor_options_are_set_checked_and_recorded(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

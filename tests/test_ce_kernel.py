@@ -219,9 +219,9 @@ def test_kernel_head_under_fsdp2_matches_one_process(tmp_path):
 
 
 def test_trainer_rejects_the_kernel_where_it_cannot_run(synth_data, tmp_path):
-    from budgetlm.config import TrainConfig
+    from budgetlm.config import FastConfig, TrainConfig
     from budgetlm.train.trainer import train
-    cfg = TrainConfig(budget="2-steps", batch_size=2, seq_len=16, out_dir=str(tmp_path), progress=False,
-                      device="cpu", compile="off", ce_kernel="on")
+    cfg = TrainConfig(budget="2-steps", batch_size=2, seq_len=16, out_dir=str(tmp_path), progress=False, device="cpu",
+                      fast=FastConfig(compile="off", ce_kernel="on"))
     with pytest.raises(BudgetLMError, match="--ce-kernel on needs a CUDA device and Triton"):
         train(model_config(n_layer=1, n_head=2, n_embd=16), cfg, synth_data, log=lambda *_: None)

@@ -192,9 +192,9 @@ def test_memory_model_counts_the_fp8_heads_extra_logit_bytes():
 
 
 def test_trainer_rejects_the_fp8_head_for_a_model_without_the_kernel_head(synth_data, tmp_path):
-    from budgetlm.config import TrainConfig
+    from budgetlm.config import FastConfig, TrainConfig
     from budgetlm.train.trainer import train
-    cfg = TrainConfig(budget="2-steps", batch_size=2, seq_len=16, out_dir=str(tmp_path), progress=False,
-                      device="cpu", compile="off", fp8_head="on")
+    cfg = TrainConfig(budget="2-steps", batch_size=2, seq_len=16, out_dir=str(tmp_path), progress=False, device="cpu",
+                      fast=FastConfig(compile="off", fp8_head="on"))
     with pytest.raises(BudgetLMError, match="the lstm model has no CE-kernel head"):
         train(model_config(arch="lstm", n_layer=1, n_embd=16), cfg, synth_data, log=lambda *_: None)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from budgetlm.config import TrainConfig, model_config
+from budgetlm.config import EvalConfig, OptimConfig, ScheduleConfig, TrainConfig, model_config
 from budgetlm.eval.perplexity import evaluate
 from budgetlm.models import build_model
 from budgetlm.models.d3pm import D3PM
@@ -89,8 +89,9 @@ def test_training_lowers_the_loss(tmp_path):
     text = "\n".join("a" * 20 + "bc" for _ in range(600))
     (tmp_path / "rep.txt").write_text(text)
     prepare(str(tmp_path / "rep.txt"), "char", tmp_path / "data", log=lambda *_: None)
-    cfg = TrainConfig(budget="40-steps", batch_size=8, seq_len=32, lr=1e-2, out_dir=str(tmp_path / "run"),
-                      progress=False, log_every=1, final_eval_tokens=512, seed=0, warmup_steps=2, threads=1)
+    cfg = TrainConfig(budget="40-steps", batch_size=8, seq_len=32, out_dir=str(tmp_path / "run"), progress=False,
+                      log_every=1, seed=0, threads=1, optim=OptimConfig(lr=1e-2),
+                      eval=EvalConfig(final_eval_tokens=512), schedule=ScheduleConfig(warmup_steps=2))
     info = train(tiny(), cfg, tmp_path / "data", log=lambda *_: None)
     losses = info.extra["losses"]
     assert all(math.isfinite(v) for v in losses)

@@ -7,7 +7,7 @@ import lzma
 import pytest
 
 from budgetlm.cli import main
-from budgetlm.config import TrainConfig, model_config
+from budgetlm.config import EvalConfig, FastConfig, TrainConfig, model_config
 from budgetlm.data.prepare import prepare
 from budgetlm.data.sources import EOT
 from budgetlm.data.synth import generate_stories
@@ -34,8 +34,8 @@ def text_run(tmp_path_factory):
                    log=lambda *_: None)
     assert meta["val_docs"] == 30
     train(model_config(n_layer=1, n_head=2, n_embd=32),
-          TrainConfig(budget="3-steps", batch_size=4, seq_len=32, out_dir=str(root / "run"), progress=False,
-                      final_eval_tokens=512, compile="off", threads=1, log_to="jsonl"),
+          TrainConfig(budget="3-steps", batch_size=4, seq_len=32, out_dir=str(root / "run"), progress=False, threads=1,
+                      log_to="jsonl", eval=EvalConfig(final_eval_tokens=512), fast=FastConfig(compile="off")),
           root / "data", log=lambda *_: None)
     return root, docs[-30:]
 

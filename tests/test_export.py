@@ -10,7 +10,8 @@ import torch
 from budgetlm.config import ModelConfig
 from budgetlm.data.tokenizers import build_tokenizer
 from budgetlm.errors import BudgetLMError
-from budgetlm.export import export_hf, register
+from budgetlm.cli.export import register
+from budgetlm.export import export_hf
 from budgetlm.generate import generate_ids
 from budgetlm.models.transformer import GPT
 from budgetlm.train.checkpoint import save_checkpoint

@@ -231,13 +231,14 @@ def test_local_file_by_flag_or_env(shared_hellaswag, tmp_path, monkeypatch):
 
 def test_trainer_reads_a_local_xz_file(synth_data, tmp_path):
     import lzma
-    from budgetlm.config import TrainConfig, model_config
+    from budgetlm.config import EvalConfig, FastConfig, TrainConfig, model_config
     from budgetlm.train.trainer import train
     src = write_fixture(tmp_path / "h.jsonl", n=5)
     packed = tmp_path / "h.jsonl.xz"
     packed.write_bytes(lzma.compress(src.read_bytes()))
     info = train(model_config(n_layer=1, n_head=2, n_embd=16),
                  TrainConfig(budget="2-steps", batch_size=2, seq_len=32, out_dir=str(tmp_path / "run"), progress=False,
-                             final_eval_tokens=256, threads=1, compile="off", log_to="jsonl", hellaswag_every=2,
-                             hellaswag_file=str(packed)), synth_data, log=lambda *_: None)
+                             threads=1, log_to="jsonl",
+                             eval=EvalConfig(final_eval_tokens=256, hellaswag_every=2, hellaswag_file=str(packed)),
+                             fast=FastConfig(compile="off")), synth_data, log=lambda *_: None)
     assert info.extra["hellaswag_n"] == 5

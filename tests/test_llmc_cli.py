@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-from budgetlm.cli import TRAIN_FLAGS, _picked, _resolve_llmc, build_parser, main
-from budgetlm.config import TrainConfig, from_dict
+from budgetlm.cli import build_parser, main
+from budgetlm.cli.flags import picked as _picked
+from budgetlm.cli.train import TRAIN_FLAGS, resolve_llmc as _resolve_llmc
+from budgetlm.config import EvalConfig, TrainConfig, from_dict
 from budgetlm.errors import BudgetLMError
 
 LLMC_RUN = ["-i", "dev/data/edu_fineweb10B/edu_fineweb_train_*.bin", "-j", "dev/data/edu_fineweb10B/edu_fineweb_val_*.bin",
@@ -74,7 +76,7 @@ def test_max_steps_stops_before_the_budget(synth_data, tmp_path):
     from budgetlm.train.trainer import train
     info = train(model_config(n_layer=1, n_head=2, n_embd=16),
                  TrainConfig(budget="50-steps", max_steps=3, batch_size=2, seq_len=32, out_dir=str(tmp_path),
-                             progress=False, final_eval_tokens=512, threads=1), synth_data, log=lambda *_: None)
+                             progress=False, threads=1, eval=EvalConfig(final_eval_tokens=512)), synth_data, log=lambda *_: None)
     assert info.steps == 3
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from budgetlm.config import TrainConfig, model_config
+from budgetlm.config import EvalConfig, OptimConfig, TrainConfig, model_config
 from budgetlm.errors import BudgetLMError
 from budgetlm.generate import generate_ids
 from budgetlm.models import build_model
@@ -78,8 +78,8 @@ def test_unknown_arch_names_the_flag():
 
 def test_trains_with_the_trainer(synth_data, tmp_path):
     from budgetlm.train.trainer import train
-    cfg = TrainConfig(budget="6-steps", batch_size=4, seq_len=32, lr=1e-2, out_dir=str(tmp_path), progress=False,
-                      log_every=1, final_eval_tokens=1024, seed=3, threads=1)
+    cfg = TrainConfig(budget="6-steps", batch_size=4, seq_len=32, out_dir=str(tmp_path), progress=False, log_every=1,
+                      seed=3, threads=1, optim=OptimConfig(lr=1e-2), eval=EvalConfig(final_eval_tokens=1024))
     info = train(tiny(n_embd=48), cfg, synth_data, log=lambda *_: None)
     losses = info.extra["losses"]
     assert info.steps == 6 and all(map(lambda v: v == v, losses)) and losses[-1] < losses[0]

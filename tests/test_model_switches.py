@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from budgetlm.config import TrainConfig, model_config
+from budgetlm.config import EvalConfig, FastConfig, OptimConfig, ScheduleConfig, TrainConfig, model_config
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.train.optim import make_optimizer
@@ -28,7 +28,7 @@ SWITCHES = {"qk_norm": dict(qk_norm=True), "relu2": dict(mlp="relu2"), "zero_ini
 def run_steps(shape: dict, steps: int = 4, lr: float = 3e-3, same_batch: bool = False, **train):
     torch.manual_seed(0)
     model = build_model(model_config(**shape))
-    opt = make_optimizer(model, TrainConfig(lr=lr, **train), torch.device("cpu"))
+    opt = make_optimizer(model, TrainConfig(**train, optim=OptimConfig(lr=lr)), torch.device("cpu"))
     gen = torch.Generator().manual_seed(1)
     losses = []
     for _ in range(steps):
@@ -81,7 +81,7 @@ def test_softcap_bounds_logits_and_bypasses_the_chunked_head():
     model.fused_loss = True  # the chunked head knows no cap: the model keeps the plain one
     assert model(x, x)[1] == loss
     with pytest.raises(BudgetLMError, match="--fused-loss on"):
-        check_switches(model.cfg, TrainConfig(fused_loss="on"))
+        check_switches(model.cfg, TrainConfig(fast=FastConfig(fused_loss="on")))
 
 
 def test_window_limits_what_each_position_sees():
@@ -140,12 +140,12 @@ def test_bad_switch_values_are_refused():
 def test_plain_recipe_changes_nothing_and_modern_respects_explicit_flags():
     m, t = model_config(**SHAPES["gpt2"]), TrainConfig()
     assert apply_recipe(m, t) == (m, t)
-    m2, t2 = apply_recipe(m, TrainConfig(recipe="modern", lr=1e-3), explicit={"lr", "qk_norm", "qk_norm"})
-    assert t2.optimizer == "muon" and t2.schedule == "wsd" and t2.lr == 1e-3
+    m2, t2 = apply_recipe(m, TrainConfig(recipe="modern", optim=OptimConfig(lr=1e-3)), explicit={"lr", "qk_norm", "qk_norm"})
+    assert t2.optim.optimizer == "muon" and t2.schedule.schedule == "wsd" and t2.optim.lr == 1e-3
     assert m2.mlp == "relu2" and m2.pos == "rope" and not m2.tie_embeddings and m2.value_embeds == 1
     assert not m2.qk_norm  # named explicitly: the user's value (the default, here) stays
-    m3, t3 = apply_recipe(m, TrainConfig(recipe="modern", schedule="cosine"), explicit={"schedule", "window"})
-    assert t3.schedule == "cosine" and m3.window == 0
+    m3, t3 = apply_recipe(m, TrainConfig(recipe="modern", schedule=ScheduleConfig(schedule="cosine")), explicit={"schedule", "window"})
+    assert t3.schedule.schedule == "cosine" and m3.window == 0
     with pytest.raises(BudgetLMError, match="--recipe modern"):
         apply_recipe(model_config(arch="lstm"), TrainConfig(recipe="modern"))
 
@@ -153,9 +153,9 @@ def test_plain_recipe_changes_nothing_and_modern_respects_explicit_flags():
 def test_modern_recipe_trains_end_to_end(synth_data, tmp_path):
     from budgetlm.train.trainer import train
     m, t = apply_recipe(model_config(n_layer=2, n_head=2, n_embd=32),
-                        TrainConfig(recipe="modern", budget="30-steps", batch_size=4, seq_len=32, lr=3e-3,
-                                    out_dir=str(tmp_path), progress=False, log_every=1, final_eval_tokens=2048,
-                                    seed=7, warmup_frac=0.1))
+                        TrainConfig(recipe="modern", budget="30-steps", batch_size=4, seq_len=32, out_dir=str(tmp_path),
+                                    progress=False, log_every=1, seed=7, optim=OptimConfig(lr=3e-3),
+                                    eval=EvalConfig(final_eval_tokens=2048), schedule=ScheduleConfig(warmup_frac=0.1)))
     info = train(m, t, synth_data, log=lambda *_: None)
     losses = info.extra["losses"]
     assert info.steps == 30 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
@@ -163,7 +163,12 @@ def test_modern_recipe_trains_end_to_end(synth_data, tmp_path):
 
 
 def test_recipe_flags_parse_and_explicit_ones_win():
-    from budgetlm.cli import MODEL_FLAGS, SPEEDRUN_TRAIN_FLAGS, TRAIN_FLAGS, _picked, build_parser
+    from budgetlm.cli import build_parser
+    from budgetlm.cli.flags import picked as _picked
+    from budgetlm.cli.speedrun import TRAIN_FLAGS as SPEEDRUN_ONLY
+    from budgetlm.cli.train import MODEL_FLAGS, RECIPE_MODEL_FLAGS, RECIPE_TRAIN_FLAGS, TRAIN_FLAGS
+    MODEL_FLAGS, TRAIN_FLAGS = MODEL_FLAGS + RECIPE_MODEL_FLAGS, TRAIN_FLAGS + RECIPE_TRAIN_FLAGS
+    SPEEDRUN_TRAIN_FLAGS = SPEEDRUN_ONLY + RECIPE_TRAIN_FLAGS
     args = build_parser().parse_args(["train", "--data", "d", "--recipe", "modern", "--no-qk-norm", "--window", "64",
                                       "--muon-lr", "0.05", "--head-lr", "0.004", "--decay-frac", "0.5"])
     m, t = _picked(args, MODEL_FLAGS), _picked(args, TRAIN_FLAGS)
@@ -171,7 +176,7 @@ def test_recipe_flags_parse_and_explicit_ones_win():
     assert t == {"recipe": "modern", "muon_lr": 0.05, "head_lr": 0.004, "decay_frac": 0.5}
     mc, tc = apply_recipe(model_config(**m), TrainConfig(**t), explicit=set(m) | set(t))
     assert not mc.qk_norm and mc.window == 64 and mc.mlp == "relu2"
-    assert tc.optimizer == "muon" and tc.muon_lr == 0.05 and tc.decay_frac == 0.5
+    assert tc.optim.optimizer == "muon" and tc.optim.muon_lr == 0.05 and tc.schedule.decay_frac == 0.5
     assert "recipe" in SPEEDRUN_TRAIN_FLAGS
     sp = build_parser().parse_args(["speedrun", "--recipe", "modern", "--qk-norm"])
     assert sp.recipe == "modern" and sp.qk_norm is True
@@ -181,8 +186,9 @@ def test_wsd_decay_frac_reaches_the_trainer(synth_data, tmp_path):
     import json
     from budgetlm.train.budget import lr_at
     from budgetlm.train.trainer import train
-    t = TrainConfig(budget="8-steps", batch_size=4, seq_len=32, lr=1e-3, out_dir=str(tmp_path), progress=False,
-                    log_every=1, final_eval_tokens=1024, seed=7, schedule="wsd", decay_frac=0.5, warmup_frac=0.0)
+    t = TrainConfig(budget="8-steps", batch_size=4, seq_len=32, out_dir=str(tmp_path), progress=False, log_every=1,
+                    seed=7, optim=OptimConfig(lr=1e-3), eval=EvalConfig(final_eval_tokens=1024),
+                    schedule=ScheduleConfig(schedule="wsd", decay_frac=0.5, warmup_frac=0.0))
     train(model_config(n_layer=1, n_head=2, n_embd=16), t, synth_data, log=lambda *_: None)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in rows if "loss" in r]

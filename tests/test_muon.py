@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from budgetlm.config import TrainConfig, model_config
+from budgetlm.config import OptimConfig, TrainConfig, model_config
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.train import checkpoint as ckpt_mod
@@ -38,7 +38,7 @@ def test_muon_step_matches_float64_newton_schulz(rows, cols):
     w = torch.nn.Parameter(torch.randn(rows, cols))
     w0 = w.detach().clone()
     grads = [torch.randn(rows, cols), torch.randn(rows, cols)]
-    opt = muon_optimizer([w], TrainConfig(optimizer="muon"))  # the defaults: lr 0.02, momentum 0.95, no decay
+    opt = muon_optimizer([w], TrainConfig(optim=OptimConfig(optimizer="muon")))  # the defaults: lr 0.02, momentum 0.95, no decay
     buf, expect = torch.zeros(rows, cols, dtype=torch.float64), w0.double()
     for g in grads:
         w.grad = g.clone()
@@ -60,7 +60,7 @@ def tiny(**kw):
 
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     model = tiny(tie_embeddings=False, value_embeds=1)
-    opt = make_optimizer(model, TrainConfig(optimizer="muon", lr=2e-3, muon_lr=0.05, embed_lr=0.1, head_lr=4e-3),
+    opt = make_optimizer(model, TrainConfig(optim=OptimConfig(optimizer="muon", lr=2e-3, muon_lr=0.05, embed_lr=0.1, head_lr=4e-3)),
                          torch.device("cpu"))
     assert isinstance(opt, MuonAdamW)
     in_muon = {id(p) for g in opt.muon.param_groups for p in g["params"]}
@@ -89,7 +89,7 @@ def test_plain_adamw_keeps_its_two_groups():
 
 
 def test_muon_state_refuses_an_adamw_checkpoint():
-    opt = make_optimizer(tiny(), TrainConfig(optimizer="muon"), torch.device("cpu"))
+    opt = make_optimizer(tiny(), TrainConfig(optim=OptimConfig(optimizer="muon")), torch.device("cpu"))
     with pytest.raises(BudgetLMError, match="same one"):
         opt.load_state_dict(make_optimizer(tiny(), TrainConfig(), torch.device("cpu")).state_dict())
 
@@ -98,9 +98,9 @@ def test_muon_is_refused_where_it_cannot_be_exact():
     m = model_config(n_layer=2)
     for bad, flag in ((dict(parallel="fsdp"), "fsdp"), (dict(zero_stage=1), "zero-stage")):
         with pytest.raises(BudgetLMError, match=flag):
-            check_switches(m, TrainConfig(optimizer="muon", **bad))
+            check_switches(m, TrainConfig(**bad, optim=OptimConfig(optimizer="muon")))
     with pytest.raises(BudgetLMError, match="LSTMLM model has no transformer blocks"):
-        make_optimizer(build_model(model_config(arch="lstm")), TrainConfig(optimizer="muon"), torch.device("cpu"))
+        make_optimizer(build_model(model_config(arch="lstm")), TrainConfig(optim=OptimConfig(optimizer="muon")), torch.device("cpu"))
 
 
 def cfg(out, **kw):

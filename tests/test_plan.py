@@ -23,7 +23,8 @@ from budgetlm.hardware import get_gpu, peak_flops
 from budgetlm.memory import flops_per_token, layer_activation_bytes, measure_throughput, pick_micro_batch
 from budgetlm.models import build_model
 from budgetlm.plan import (Plan, count_params, estimate, explain, ladder, make_plan, measure, measure_peak_memory,
-                           memory_estimate, register, render, write_config)
+                           memory_estimate, render, write_config)
+from budgetlm.cli.plan import register
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -131,7 +132,7 @@ def test_fused_loss_head_is_smaller_than_full_logits(tmp_path: Path) -> None:
     assert "fused_loss" not in make_plan("h100").train
     plan = make_plan("h100", fused_loss=True)
     values = tomllib.loads(write_config(plan, tmp_path / "f.toml").read_text())
-    assert from_dict(TrainConfig, values["train"]).fused_loss == "on"
+    assert from_dict(TrainConfig, values["train"]).fast.fused_loss == "on"
     assert plan.choice.memory["logits"] < make_plan("h100").choice.memory["logits"]
 
 
@@ -210,7 +211,7 @@ def test_config_round_trip(tmp_path: Path) -> None:
     assert mcfg == plan.choice.cfg
     tcfg = from_dict(TrainConfig, values["train"], str(path))
     assert tcfg.total_batch_tokens % (tcfg.batch_size * tcfg.seq_len) == 0
-    assert tcfg.recompute == 2 and tcfg.warmup_steps >= 1 and tcfg.budget == "24h"
+    assert tcfg.fast.recompute == 2 and tcfg.schedule.warmup_steps >= 1 and tcfg.budget == "24h"
     assert values["data"]["dir"] == "data/x"
     for key in ("budget", "batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac", "warmup_steps",
                 "schedule", "weight_decay", "beta2", "grad_clip", "dtype", "compile"):

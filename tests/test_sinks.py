@@ -44,7 +44,7 @@ def test_time_budget_gets_periodic_bounded_evals_and_ends_on_time(time_run):
     # eval points at 20/40/60/80% of the budget; the 100% point is the final eval
     assert 2 <= len(val) <= 4, [r["frac"] for r in rows if "frac" in r][-3:]  # fewer only if evals run slow
     assert [r["step"] for r in val] == sorted({r["step"] for r in val})
-    assert all(r["val_tokens"] < TrainConfig().eval_tokens for r in val)  # sized to a small share of 3 s
+    assert all(r["val_tokens"] < TrainConfig().eval.eval_tokens for r in val)  # sized to a small share of 3 s
     assert all(r["val_tokens"] % 32 == 0 for r in val)  # whole sequences (whole micro-batches when compiled)
     assert rows[-1]["final"] and rows[-1]["val_tokens"] == 2048
     assert info.extra["elapsed"] <= 3.0 + 0.75

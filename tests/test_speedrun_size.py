@@ -91,8 +91,8 @@ def test_cpu_5m_choice_is_todays_default(unique):
                          log=lambda *_: None)
     keys = ("n_layer", "n_head", "n_embd", "mlp", "norm", "pos", "block_size", "n_kv_head")
     assert {k: getattr(sized.model, k) for k in keys} == {k: getattr(static.model, k) for k in keys}
-    assert (sized.train.batch_size, sized.train.seq_len, sized.train.lr, sized.train.total_batch_tokens) == \
-           (static.train.batch_size, static.train.seq_len, static.train.lr, static.train.total_batch_tokens) == \
+    assert (sized.train.batch_size, sized.train.seq_len, sized.train.optim.lr, sized.train.total_batch_tokens) == \
+           (static.train.batch_size, static.train.seq_len, static.train.optim.lr, static.train.total_batch_tokens) == \
            (64, 64, 3e-3, None)
     assert sized.tokenizer == static.tokenizer == "bpe:1024"
     assert sized.sizing["choice"]["name"] == "3x96" and static.sizing is None
@@ -161,7 +161,7 @@ def test_gpu_setup_takes_the_sized_shape_batch_and_tokenizer(monkeypatch):
         c = setup.sizing["choice"]
         m, t = setup.model, setup.train
         assert f"{m.n_layer}x{m.n_embd}" == c["name"] and m.n_embd // m.n_head == 64 and m.vocab_multiple == 64
-        assert (t.batch_size, t.seq_len, t.lr) == (c["micro_batch"], c["seq_len"], c["lr"])
+        assert (t.batch_size, t.seq_len, t.optim.lr) == (c["micro_batch"], c["seq_len"], c["lr"])
         assert (t.total_batch_tokens or t.batch_size * t.seq_len) == c["micro_batch"] * c["seq_len"] * c["accum"]
         assert m.block_size >= t.seq_len and setup.tokenizer == setup.sizing["tokenizer"]
     static = sr.choose_setup("2m", "cuda")

@@ -200,7 +200,7 @@ def test_train_stops_the_producer_when_it_ends_or_fails(tmp_path, corpus):
     prod = Producer(_spec(corpus, ahead_shards=1), tmp_path / "d2").start()
     prod.wait_ready()
     bad = TrainConfig(budget="3-steps", batch_size=4, seq_len=16, out_dir=str(tmp_path / "run2"), progress=False)
-    bad.lr = float("nan")  # past the config's own checks, so the run fails inside train() (AdamW refuses it)
+    bad.optim.lr = float("nan")  # past the config's own checks, so the run fails inside train() (AdamW refuses it)
     with pytest.raises(ValueError, match="learning rate"):
         train(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), bad, tmp_path / "d2", log=QUIET)
     assert prod.proc.poll() is not None

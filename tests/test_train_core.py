@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from budgetlm.config import TrainConfig, model_config
+from budgetlm.config import EvalConfig, FastConfig, OptimConfig, TrainConfig, model_config
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
 from budgetlm.models.base import HeadOptions, LanguageModel
@@ -41,25 +41,25 @@ def test_cpu_defaults_resolve_to_the_plain_path():
 
 
 def test_a_loss_hook_turns_the_logit_free_heads_off():
-    cfg = TrainConfig(fused_loss="on")
+    cfg = TrainConfig(fast=FastConfig(fused_loss="on"))
     assert resolve_fast_path(cfg, CPU, torch.float32, tiny()).fused_loss
     assert not resolve_fast_path(cfg, CPU, torch.float32, tiny(), loss_hook=True).fused_loss
 
 
 def test_only_the_options_a_model_declares_are_resolved():
-    cfg = TrainConfig(fused_loss="on", ce_kernel="on", half_residual="on")
+    cfg = TrainConfig(fast=FastConfig(fused_loss="on", ce_kernel="on", half_residual="on"))
     lstm = resolve_fast_path(cfg, CPU, torch.float32, tiny("lstm"))  # no CE kernel: "on" is not checked
     assert lstm.head == HeadOptions(fused_loss=True)
     assert resolve_fast_path(cfg, CPU, torch.float32, tiny("d3pm")).head == HeadOptions()
     with pytest.raises(BudgetLMError, match="--fp8-head on: the lstm model has no CE-kernel head"):
-        resolve_fast_path(TrainConfig(fp8_head="on"), CPU, torch.float32, tiny("lstm"))
+        resolve_fast_path(TrainConfig(fast=FastConfig(fp8_head="on")), CPU, torch.float32, tiny("lstm"))
     with pytest.raises(BudgetLMError, match="--ce-kernel on needs a CUDA device"):
-        resolve_fast_path(TrainConfig(ce_kernel="on"), CPU, torch.float32, tiny())
+        resolve_fast_path(TrainConfig(fast=FastConfig(ce_kernel="on")), CPU, torch.float32, tiny())
 
 
 def test_apply_sets_the_model_options_through_the_interface():
     model = tiny()
-    fast = resolve_fast_path(TrainConfig(fused_loss="on", half_residual="on", recompute=1, attn="math"),
+    fast = resolve_fast_path(TrainConfig(fast=FastConfig(fused_loss="on", half_residual="on", recompute=1, attn="math")),
                              CPU, torch.float32, model)
     assert fast.apply(model) == []  # no FP8 Linears
     assert model.fused_loss and model.half_residual and not model.ce_kernel
@@ -68,7 +68,7 @@ def test_apply_sets_the_model_options_through_the_interface():
 
 
 def test_bench_compile_mode_decides_the_graphs():
-    cfg = TrainConfig(compile="on")
+    cfg = TrainConfig(fast=FastConfig(compile="on"))
     fast = resolve_fast_path(cfg, CPU, torch.float32, tiny(), accum=2, compile_mode="reduce-overhead")
     assert fast.cuda_graphs and fast.graph_grads and fast.compile_mode == "reduce-overhead"
     fast = resolve_fast_path(cfg, CPU, torch.float32, tiny(), accum=2, compile_mode="max-autotune-no-cudagraphs")
@@ -88,7 +88,8 @@ def test_trainer_bench_and_memory_probe_all_apply_a_resolved_fast_path(synth_dat
         return real(self, model)
     monkeypatch.setattr(FastPath, "apply", spy)
     train(model_config(n_layer=1, n_head=2, n_embd=16), TrainConfig(budget="2-steps", batch_size=2, seq_len=16,
-          out_dir=str(tmp_path), progress=False, final_eval_tokens=64, device="cpu"), synth_data, log=lambda *_: None)
+                                                                    out_dir=str(tmp_path), progress=False, device="cpu",
+                                                                    eval=EvalConfig(final_eval_tokens=64)), synth_data, log=lambda *_: None)
     bench_one("nano", seq=16, micro_batch=2, steps=1, warmup=0, compile=False, dtype="float32", device="cpu",
               fused_loss=False)
     _train_steps(model_config(n_layer=1, n_head=2, n_embd=16), 2, 16, CPU, 1, None, torch.float32)
@@ -115,7 +116,7 @@ def test_train_step_is_the_inline_step_bit_for_bit():
     torch.manual_seed(0)
     a, b = tiny(), tiny()
     b.load_state_dict(a.state_dict())
-    cfg = TrainConfig(lr=1e-2)
+    cfg = TrainConfig(optim=OptimConfig(lr=1e-2))
     opt_a, opt_b = make_optimizer(a, cfg, CPU), make_optimizer(b, cfg, CPU)
     ba, bb = CycleBatches(pairs), CycleBatches(pairs)
     for _ in range(2):
@@ -136,7 +137,8 @@ def test_train_step_hook_replaces_the_objective_but_reports_the_plain_loss():
         return loss * 0.0  # nothing to learn: only weight decay moves the weights
     before = [p.detach().clone() for p in model.parameters()]
     batches = CycleBatches([(torch.zeros(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))])
-    opt = make_optimizer(model, dataclasses.replace(TrainConfig(), weight_decay=0.0), CPU)
+    opt = make_optimizer(model, dataclasses.replace(TrainConfig(),
+                                                    optim=dataclasses.replace(TrainConfig().optim, weight_decay=0.0)), CPU)
     r = train_step(model, model, opt, batches, DistContext(device=CPU), accum=3, device=CPU,
                    autocast=torch.autocast("cpu", enabled=False), cuda_graphs=False, graph_grads=False, grad_clip=0.0,
                    loss_hook=hook)

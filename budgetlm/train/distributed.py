@@ -122,13 +122,13 @@ class DistContext:
         if self.zero_stage != 1 or not self.enabled:
             return make(model, cfg, device)
         from torch.distributed.optim import ZeroRedundancyOptimizer
-        if getattr(cfg, "optimizer", "adamw") != "adamw":  # issue 21: ZeRO here wraps AdamW alone
-            raise BudgetLMError(f"--zero-stage 1 shards AdamW only; use --zero-stage 0 with --optimizer {cfg.optimizer}")
+        if cfg.optim.optimizer != "adamw":  # issue 21: ZeRO here wraps AdamW alone
+            raise BudgetLMError(f"--zero-stage 1 shards AdamW only; use --zero-stage 0 with --optimizer {cfg.optim.optimizer}")
         plain = make(model, cfg, device)  # only to reuse its parameter groups and hyperparameters
         groups = [{k: g[k] for k in ("params", "weight_decay", "lr_scale") if k in g} for g in plain.param_groups]
         extra = {k: plain.defaults[k] for k in ("fused", "foreach") if plain.defaults.get(k)}
-        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=cfg.lr,
-                                       betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=cfg.optim.lr,
+                                       betas=(cfg.optim.beta1, cfg.optim.beta2), eps=1e-8, **extra)
 
     @contextmanager
     def micro_step(self, last: bool) -> Iterator[None]:

@@ -43,11 +43,11 @@ class Evaluator:
 
     def __post_init__(self) -> None:
         self.token_bytes = self.tokenizer.token_bytes()
-        if self.cfg.hellaswag_every:
+        if self.cfg.eval.hellaswag_every:
             from budgetlm.eval import hellaswag
             with maybe_main_first(self.ctx):  # rank 0 downloads, the others then read the cached file
-                self.hs_examples = hellaswag.load_examples(hellaswag.locate(self.cfg.hellaswag_file),
-                                                           self.cfg.hellaswag_items)
+                self.hs_examples = hellaswag.load_examples(hellaswag.locate(self.cfg.eval.hellaswag_file),
+                                                           self.cfg.eval.hellaswag_items)
 
     def validation(self, max_tokens: int) -> dict[str, float]:
         cfg, ctx = self.cfg, self.ctx
@@ -84,7 +84,7 @@ class Evaluator:
             return None
         if ctx.parallel == "fsdp":  # sharded weights: every rank generates in lockstep
             self.model.unshard()
-        text = sample_text_from(self.model, self.tokenizer, self.cfg.sample_tokens, self.cfg.seed + step)
+        text = sample_text_from(self.model, self.tokenizer, self.cfg.eval.sample_tokens, self.cfg.seed + step)
         if ctx.parallel == "fsdp":
             self.model.reshard()
         return text if ctx.is_main else None

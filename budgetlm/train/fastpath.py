@@ -71,24 +71,24 @@ def resolve_fast_path(cfg: Any, device: torch.device, dtype: torch.dtype, model:
     support = model.head_support
     # Measured on an H100 (benchmarks/RESULTS.md): the compiled plain loss is faster than the
     # eager chunked one, which pays only when memory is short; so `auto` means off.
-    fused = "fused_loss" in support and cfg.fused_loss == "on" and not loss_hook
+    fused = "fused_loss" in support and cfg.fast.fused_loss == "on" and not loss_hook
     ce = fp8_head = False
     if "ce_kernel" in support:
-        ce = resolve_ce_kernel(cfg.ce_kernel, device, cfg.fused_loss == "on") and not loss_hook
-        fp8_head = resolve_fp8_head(cfg.fp8_head, device, ce)
-    elif cfg.fp8_head == "on":
+        ce = resolve_ce_kernel(cfg.fast.ce_kernel, device, cfg.fast.fused_loss == "on") and not loss_hook
+        fp8_head = resolve_fp8_head(cfg.fast.fp8_head, device, ce)
+    elif cfg.fast.fp8_head == "on":
         raise BudgetLMError(f"--fp8-head on: the {model.cfg.arch} model has no CE-kernel head")
-    compiled = should_compile(cfg.compile, device)
+    compiled = should_compile(cfg.fast.compile, device)
     if compile_mode is None:
-        graphs = resolve_cuda_graphs(cfg.cuda_graphs, device, compiled, model.num_params(), distributed)
+        graphs = resolve_cuda_graphs(cfg.fast.cuda_graphs, device, compiled, model.num_params(), distributed)
         compile_mode = "reduce-overhead" if graphs else "default"
     else:
         graphs = compiled and compile_mode in GRAPH_MODES
-    attention = resolve_attention(cfg.attn, device)
-    half = "half_residual" in support and resolve_half_residual(cfg.half_residual, device, dtype, cfg.fp8)
+    attention = resolve_attention(cfg.fast.attn, device)
+    half = "half_residual" in support and resolve_half_residual(cfg.fast.half_residual, device, dtype, cfg.fast.fp8)
     return FastPath(compile=compiled, compile_mode=compile_mode, cuda_graphs=graphs, graph_grads=graphs and accum > 1,
                     attention=attention, fused_loss=fused, ce_kernel=ce, fp8_head=fp8_head, half_residual=half,
-                    fp8=cfg.fp8, fp8_modules=cfg.fp8_modules, recompute=cfg.recompute)
+                    fp8=cfg.fast.fp8, fp8_modules=cfg.fast.fp8_modules, recompute=cfg.fast.recompute)
 
 
 def should_compile(setting: str, device: torch.device) -> bool:

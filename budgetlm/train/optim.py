@@ -27,7 +27,7 @@ MUON_LR_ADJUST = ("original", "match_rms_adamw")
 
 def _adamw(groups: list[dict], cfg: Any, device: torch.device) -> torch.optim.AdamW:
     extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=1e-8, **extra)
 
 
 def _scaled(params: list, lr: float | None, base_lr: float, **group: Any) -> dict:
@@ -50,16 +50,16 @@ def adamw_groups(model: torch.nn.Module, cfg: Any, muon_ids: set[int] = frozense
     """AdamW's groups: matrices decay, vectors (biases, norms, gains) do not. With --embed-lr or
     --head-lr the embeddings / untied head get groups of their own (decaying, as matrices)."""
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in muon_ids]
-    embed_lr, head_lr = getattr(cfg, "embed_lr", None), getattr(cfg, "head_lr", None)
+    embed_lr, head_lr = cfg.optim.embed_lr, cfg.optim.head_lr
     if embed_lr is None and head_lr is None and not muon_ids:  # the plain recipe's two groups, as ever
-        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
                 {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     embeds, heads = _embedding_and_head(model)
     pick = lambda ids: [p for p in params if id(p) in ids]
     rest = [p for p in params if id(p) not in embeds | heads]
-    groups = [_scaled(pick(embeds), embed_lr, cfg.lr, weight_decay=cfg.weight_decay),
-              _scaled(pick(heads), head_lr, cfg.lr, weight_decay=cfg.weight_decay),
-              {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+    groups = [_scaled(pick(embeds), embed_lr, cfg.optim.lr, weight_decay=cfg.optim.weight_decay),
+              _scaled(pick(heads), head_lr, cfg.optim.lr, weight_decay=cfg.optim.weight_decay),
+              {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
@@ -122,17 +122,17 @@ class MuonAdamW:
 def muon_optimizer(params: list, cfg: Any) -> torch.optim.Optimizer:
     if not hasattr(torch.optim, "Muon"):  # added in torch 2.9
         raise BudgetLMError(f"--optimizer muon needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}")
-    group = _scaled(params, cfg.muon_lr, cfg.lr)
+    group = _scaled(params, cfg.optim.muon_lr, cfg.optim.lr)
     # Same keyword names in torch 2.9-2.13 (lr, weight_decay, momentum, nesterov, ns_steps, adjust_lr_fn).
-    return torch.optim.Muon([group], lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay,
-                            momentum=cfg.muon_momentum, nesterov=True, ns_steps=5,
-                            adjust_lr_fn=cfg.muon_lr_adjust)
+    return torch.optim.Muon([group], lr=cfg.optim.muon_lr, weight_decay=cfg.optim.muon_weight_decay,
+                            momentum=cfg.optim.muon_momentum, nesterov=True, ns_steps=5,
+                            adjust_lr_fn=cfg.optim.muon_lr_adjust)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Any, device: torch.device) -> torch.optim.Optimizer | MuonAdamW:
     """AdamW over every parameter (--optimizer adamw), or Muon+AdamW (--optimizer muon). Fused AdamW
     kernel on CUDA, foreach elsewhere."""
-    if getattr(cfg, "optimizer", "adamw") == "adamw":
+    if cfg.optim.optimizer == "adamw":
         return _adamw(adamw_groups(model, cfg), cfg, device)
     matrices = muon_params(model)
     if any(_is_sharded(p) for p in matrices):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable
 
-from budgetlm.config import ModelConfig, TrainConfig
+from budgetlm.config import ModelConfig, TrainConfig, get_value
 from budgetlm.errors import BudgetLMError
 
 RECIPES = ("plain", "modern")
@@ -51,14 +51,14 @@ def check_switches(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     """Refuse, before training, the combinations the switches cannot serve."""
     if model_cfg.logit_softcap:
         for name in ("fused_loss", "ce_kernel", "fp8_head"):
-            if getattr(train_cfg, name) == "on":
+            if get_value(train_cfg, name) == "on":
                 raise BudgetLMError(f"--{name.replace('_', '-')} on: that head has no logit soft-cap; "
                                     f"use --logit-softcap 0 or --{name.replace('_', '-')} auto")
-    if train_cfg.optimizer == "muon":
-        if train_cfg.parallel == "fsdp":
+    if train_cfg.optim.optimizer == "muon":
+        if train_cfg.dist.parallel == "fsdp":
             raise BudgetLMError("--optimizer muon does not support --parallel fsdp (it orthogonalizes whole "
                                 "matrices, FSDP2 holds row shards); use --parallel ddp")
-        if train_cfg.zero_stage:
+        if train_cfg.dist.zero_stage:
             raise BudgetLMError("--zero-stage 1 shards AdamW only; use --zero-stage 0 with --optimizer muon")
         if model_cfg.arch == "lstm":
             raise BudgetLMError("--optimizer muon: --arch lstm has no transformer blocks")

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from budgetlm.config import ModelConfig, RunInfo, TrainConfig, to_dict
+from budgetlm.config import ModelConfig, RunInfo, TrainConfig, flat_dict, to_dict
 from budgetlm.data.loader import BatchLoader
 from budgetlm.data.prepare import data_tokenizer, load_meta
 from budgetlm.data.shards import load_pattern, load_split
@@ -57,7 +57,7 @@ def _device_peak(device: torch.device) -> float | None:
 def _check_val_split(n_tokens: int, cfg: TrainConfig, data_dir: str | Path) -> None:
     """The evals need one window of seq_len+1 validation tokens; fail before training, not after it."""
     if n_tokens < cfg.seq_len + 1:
-        where = f"--val-shards {cfg.val_shards}" if cfg.val_shards else f"{data_dir}: the val split"
+        where = f"--val-shards {cfg.data.val_shards}" if cfg.data.val_shards else f"{data_dir}: the val split"
         raise BudgetLMError(f"{where} has {n_tokens} tokens; the evals need at least seq_len+1 = {cfg.seq_len + 1} "
                             f"(prepare the data with --val-frac above 0, or give --val-shards)")
 
@@ -65,14 +65,14 @@ def _check_val_split(n_tokens: int, cfg: TrainConfig, data_dir: str | Path) -> N
 def _train_loader(cfg: TrainConfig, data_dir: str | Path, rank: int, world: int):
     """(train tokens, batch loader): a stream folder (still being filled, or not) gets the streaming loader."""
     from budgetlm.data.stream import is_stream_folder
-    if not cfg.train_shards and is_stream_folder(data_dir):
+    if not cfg.data.train_shards and is_stream_folder(data_dir):
         from budgetlm.data.stream import continue_stream
         from budgetlm.data.stream_loader import StreamLoader
         if rank == 0:
             continue_stream(data_dir)  # e.g. --resume of a speedrun whose stream was not finished
         loader = StreamLoader(data_dir, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
         return None, loader
-    tokens = load_pattern(cfg.train_shards) if cfg.train_shards else load_split(data_dir, "train")
+    tokens = load_pattern(cfg.data.train_shards) if cfg.data.train_shards else load_split(data_dir, "train")
     return tokens, BatchLoader(tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
 
 
@@ -98,7 +98,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data_dir: str | Path, resume
     from budgetlm.data.stream import stop_producer
     budget = budget or parse_budget(cfg.budget)
     try:
-        with setup_distributed(pick_device(cfg.device), cfg.parallel, cfg.zero_stage) as ctx:
+        with setup_distributed(pick_device(cfg.device), cfg.dist.parallel, cfg.dist.zero_stage) as ctx:
             log = log if ctx.is_main else (lambda *_: None)
             with hold_run_lock(cfg.out_dir, ctx, log), StopSignals() as stop:
                 run = _build(ctx, model_cfg, cfg, budget, data_dir, resume, loss_hook, clock or Clock(), reserve_s,
@@ -171,7 +171,7 @@ def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: B
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = ctx.device if ctx.enabled else pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
+    dtype = pick_dtype(cfg.fast.dtype, device)
     threads = set_threads(cfg.threads or ctx.cpu_threads(), device)
     if cfg.max_steps is not None:
         stop_after_steps = cfg.max_steps if stop_after_steps is None else min(stop_after_steps, cfg.max_steps)
@@ -186,14 +186,14 @@ def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: B
     if cfg.seq_len > model_cfg.block_size:
         model_cfg.block_size = cfg.seq_len
     train_tokens, loader = _train_loader(cfg, data_dir, ctx.rank, ctx.world)
-    val_tokens = load_pattern(cfg.val_shards) if cfg.val_shards else load_split(data_dir, "val")
+    val_tokens = load_pattern(cfg.data.val_shards) if cfg.data.val_shards else load_split(data_dir, "val")
     _check_val_split(val_tokens.size, cfg, data_dir)  # before training, not at its final eval
     accum, step_micro = _accum(cfg, ctx.world)
-    if cfg.teacher and loss_hook is None:
+    if cfg.distill.teacher and loss_hook is None:
         from budgetlm.train.distill import make_teacher_hook
-        loss_hook = make_teacher_hook(cfg.teacher, load_split(data_dir, "train") if train_tokens is None else train_tokens,
-                                      tokenizer.vocab_size, tokenizer.eot_id, cfg.distill_steps, cfg.distill_alpha,
-                                      cfg.distill_temp, log=log)
+        loss_hook = make_teacher_hook(cfg.distill.teacher, load_split(data_dir, "train") if train_tokens is None else train_tokens,
+                                      tokenizer.vocab_size, tokenizer.eot_id, cfg.distill.distill_steps, cfg.distill.distill_alpha,
+                                      cfg.distill.distill_temp, log=log)
 
     model = build_model(model_cfg).to(device)
     fast = resolve_fast_path(cfg, device, dtype, model, accum=accum, distributed=ctx.enabled,
@@ -205,7 +205,7 @@ def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: B
     ddp_model = ctx.wrap(model, dtype)  # DDP wrapper / FSDP-sharded model / the model itself
     optimizer = ctx.make_optimizer(model, make_optimizer, cfg, device)
     state = RunState()
-    bclock = BudgetClock(budget, clock, cfg.final_eval_tokens or val_tokens.size, cfg.batch_size * cfg.seq_len,
+    bclock = BudgetClock(budget, clock, cfg.eval.final_eval_tokens or val_tokens.size, cfg.batch_size * cfg.seq_len,
                          reserve_s, log=log)
     checkpointer = Checkpointer(ctx, cfg, model_cfg, model, optimizer, loader, tokenizer, state, bclock,
                                 out / "checkpoints")
@@ -218,15 +218,15 @@ def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: B
     if resumed and ctx.is_main:
         drop_metrics_after(out / "metrics.jsonl", state.step)  # the resumed run logs those steps again
     sinks = open_sinks(out, cfg.log_to, resume_step=state.step if resumed else None,
-                       config={"model": to_dict(model_cfg), "train": to_dict(cfg)}, log=log) if ctx.is_main else None
+                       config={"model": to_dict(model_cfg), "train": flat_dict(cfg)}, log=log) if ctx.is_main else None
     n_params = model.num_params()
     fpt = model.flops_per_token(cfg.seq_len)
     evaluator = Evaluator(ctx, cfg, model, run_model, tokenizer, val_tokens, device, autocast)
     _log_model(log, ctx, cfg, model_cfg, n_params, device, dtype, threads, fast, fp8_layers, accum, budget, meta)
     # Time budgets with no --eval-every: an eval at each 1/eval_points of the budget, so curves have points.
-    points = EvalPoints.for_run(budget, cfg.eval_points, cfg.eval_every,
+    points = EvalPoints.for_run(budget, cfg.eval.eval_points, cfg.eval.eval_every,
                                 cfg.batch_size * cfg.seq_len if fast.compile else cfg.seq_len,
-                                cfg.eval_tokens, bclock.max_frac)
+                                cfg.eval.eval_tokens, bclock.max_frac)
     return Run(ctx=ctx, cfg=cfg, model_cfg=model_cfg, out=out, device=device, dtype=dtype, threads=threads,
                meta=meta, loader=loader, accum=accum, step_micro=step_micro, model=model, fast=fast,
                run_model=run_model, optimizer=optimizer, loss_hook=loss_hook, state=state, budget=bclock,
@@ -241,7 +241,7 @@ def _log_model(log, ctx, cfg, model_cfg, n_params, device, dtype, threads, fast,
     log(f"model: {n_params:,} params ({model_cfg.n_layer} layers, {model_cfg.n_embd} wide, {model_cfg.n_head} heads, "
         f"vocab {model_cfg.vocab_size}) | device {device.type} {str(dtype).replace('torch.', '')} | threads {threads} "
         f"| compile {('on, CUDA graphs' if fast.cuda_graphs else 'on') if fast.compile else 'off'}"
-        f"{f' | fp8 {cfg.fp8} ({len(fp8_layers)} Linears)' if fp8_layers else ''}{' | fp8 head' if fast.fp8_head else ''}"
+        f"{f' | fp8 {cfg.fast.fp8} ({len(fp8_layers)} Linears)' if fp8_layers else ''}{' | fp8 head' if fast.fp8_head else ''}"
         f" | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
         f"{f'x{ctx.world} ranks ({ctx.parallel}' + (', zero1)' if ctx.zero_stage else ')') if ctx.enabled else ''} "
         f"| budget {budget} | data {_data_note(meta)}")
@@ -260,11 +260,11 @@ def _loop(r: Run, stop: StopSignals) -> int:
             return stopped_by
         if bc.spent or (r.stop_after_steps is not None and st.step >= r.stop_after_steps):
             return 0
-        lr = bc.lr(st.step, cfg.lr, cfg.schedule, cfg.warmup_frac, cfg.min_lr_frac, cfg.warmup_steps, cfg.decay_frac)
+        lr = bc.lr(st.step, cfg.optim.lr, cfg.schedule.schedule, cfg.schedule.warmup_frac, cfg.schedule.min_lr_frac, cfg.schedule.warmup_steps, cfg.schedule.decay_frac)
         set_group_lrs(r.optimizer, lr)  # each group: lr times its own scale (train/optim.py)
         result = train_step(r.run_model, r.model, r.optimizer, r.loader, r.ctx, accum=r.accum, device=r.device,
                             autocast=r.evaluator.autocast, cuda_graphs=r.fast.cuda_graphs,
-                            graph_grads=r.fast.graph_grads, grad_clip=cfg.grad_clip,
+                            graph_grads=r.fast.graph_grads, grad_clip=cfg.optim.grad_clip,
                             loss_hook=partial(r.loss_hook, st.step, bc.max_frac) if r.loss_hook else None)
         _count_step(r, result)
         r.speed.time_step(t_step, r.device)
@@ -325,8 +325,8 @@ def _eval_point(r: Run, max_tokens: int) -> float:
 
 def _periodic_evals(r: Run) -> None:
     cfg, step, frac, points = r.cfg, r.state.step, r.budget.max_frac, r.points
-    if cfg.eval_every and step % cfg.eval_every == 0:
-        r.speed.side_s += _eval_point(r, cfg.eval_tokens)
+    if cfg.eval.eval_every and step % cfg.eval.eval_every == 0:
+        r.speed.side_s += _eval_point(r, cfg.eval.eval_tokens)
     elif points and points.due(frac) and step >= 3:  # from step 3 on: eval speed measured warm
         # rank 0's speeds, so every rank scores the same batches; unmeasured only after a resume
         n = points.tokens(r.budget.eval_speed or r.ctx.broadcast_float(2 * r.speed.tok_rate), frac)
@@ -335,7 +335,7 @@ def _periodic_evals(r: Run) -> None:
             points.spent_s += seconds
             r.speed.side_s += seconds
         points.advance(frac)
-    if cfg.hellaswag_every and step % cfg.hellaswag_every == 0:
+    if cfg.eval.hellaswag_every and step % cfg.eval.hellaswag_every == 0:
         t = time.perf_counter()
         hs = r.evaluator.hellaswag()
         r.budget.hs_seconds = time.perf_counter() - t
@@ -347,7 +347,7 @@ def _periodic_evals(r: Run) -> None:
 def _samples_and_checkpoints(r: Run) -> None:
     cfg, step = r.cfg, r.state.step
     t_side = time.perf_counter()
-    if cfg.sample_every and step % cfg.sample_every == 0:
+    if cfg.eval.sample_every and step % cfg.eval.sample_every == 0:
         text = r.evaluator.sample(step)
         if text is not None:
             r.progress.note(f"step {step} sample: {text!r}")
@@ -382,7 +382,7 @@ def _finish(r: Run, stopped_by: int) -> RunInfo:
     t = time.perf_counter()
     synchronize(r.device)
     ev = r.evaluator.validation(r.budget.final_eval_tokens)
-    if cfg.hellaswag_every:
+    if cfg.eval.hellaswag_every:
         ev.update(r.evaluator.hellaswag())
     eval_seconds = time.perf_counter() - t
     ckpt_seconds = r.checkpointer.save()
@@ -419,11 +419,11 @@ def _run_info(r: Run, ev: dict, train_seconds: float, eval_seconds: float, ckpt_
                   "parallel": ctx.parallel + ("+zero1" if ctx.zero_stage else ""),
                   "flops_per_token": r.flops_per_token, "mfu": mfu(r.flops_per_token),
                   "mfu_full_attn": mfu(r.flops_full),
-                  "model": to_dict(r.model_cfg), "train": to_dict(cfg),
+                  "model": to_dict(r.model_cfg), "train": flat_dict(cfg),
                   "compile_s": compile_seconds(sp.step_times, r.fast.compile), "first_step_s": sp.first_step_s,
                   "data_wait_s": sp.data_wait, "batch_s": sp.batch_s,
                   "data_wait_frac": sp.data_wait_frac(train_seconds), "steady_tokens_per_s": steady_rate,
                   "data": r.meta}
-    if cfg.hellaswag_every:
+    if cfg.eval.hellaswag_every:
         info.extra.update({k: v for k, v in ev.items() if k.startswith("hellaswag")})
     return info
