@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable
 
-from budgetlm.config import ModelConfig, TrainConfig, get_value
+from budgetlm.config import ModelConfig, TrainConfig, flat_dict, get_value
 from budgetlm.errors import BudgetLMError
 
 RECIPES = ("plain", "modern")
@@ -42,7 +42,9 @@ def apply_recipe(model_cfg: ModelConfig, train_cfg: TrainConfig,
             raise BudgetLMError(f"--recipe modern is for the gpt transformer, not --arch {model_cfg.arch}")
         keep = lambda values: {k: v for k, v in values.items() if k not in explicit}
         model_cfg = dataclasses.replace(model_cfg, **keep(modern_model(model_cfg)))
-        train_cfg = dataclasses.replace(train_cfg, **keep(MODERN_TRAIN))
+        # flat leaves rebuilt, not dataclasses.replace: its schedule="wsd" would replace the whole
+        # schedule group (decay_frac and warmup with it) by the leaf's value
+        train_cfg = TrainConfig(**{**flat_dict(train_cfg), **keep(MODERN_TRAIN)})
     check_switches(model_cfg, train_cfg)
     return model_cfg, train_cfg
 
