@@ -1,7 +1,7 @@
 """Would FP8 pay in the body of GPT-2 124M? The matmuls and the casts, timed apart.
 
 torchao's FP8 Linears (all three matmuls in FP8, casts and transposed copies as separate kernels)
-measured 0.93-0.96x at 768 wide (RESULTS.md §2, seventh pass). This script measures the pieces of
+measured 0.93-0.96x at 768 wide (HISTORY.md §2, seventh pass). This script measures the pieces of
 a leaner recipe before building it: FP8 only for the forward and the input-gradient matmuls
 (the weight gradient stays bf16, so no transposed copy of an activation is needed), with each
 activation's scale per row and its cast fused into the kernel that produces it.

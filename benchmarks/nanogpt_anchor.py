@@ -54,7 +54,7 @@ def write_bins(data_dir: str, work: str) -> dict:
 
 
 # nanoGPT-style GPT-2 124M (vocab 50304) trained at ~440k tokens/s on the H200 here (budgetlm's
-# nanoGPT-style anchor: 452,851 in RESULTS.md §2's ninth pass; nanoGPT's own micro-batch is 12, not 16).
+# nanoGPT-style anchor: 452,851 in HISTORY.md §2's ninth pass; nanoGPT's own micro-batch is 12, not 16).
 H200_GPT2_TOKENS_PER_S = 440_000
 
 

@@ -22,10 +22,10 @@ from budgetlm.data.prepare import load_meta, prepare  # noqa: E402
 from budgetlm.data.shards import load_split  # noqa: E402
 from budgetlm.eval.perplexity import evaluate  # noqa: E402
 from budgetlm.eval.story_eval import story_eval  # noqa: E402
-from budgetlm.fusion import Fuser  # noqa: E402
+from budgetlm.sample.fusion import Fuser  # noqa: E402
 from budgetlm.models.ngram_build import build_and_score  # noqa: E402
-from budgetlm.report import load_model  # noqa: E402
-from budgetlm.speedrun import choose_setup, speedrun  # noqa: E402
+from budgetlm.report.summary import load_model  # noqa: E402
+from budgetlm.speedrun.pipeline import choose_setup, speedrun  # noqa: E402
 
 REPORT = Path(__file__).resolve().parent / "ngram_distill_fusion.md"
 

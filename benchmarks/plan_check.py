@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from budgetlm.config import model_config  # noqa: E402
-from budgetlm.hardware import peak_flops  # noqa: E402
+from budgetlm.plan.hardware import peak_flops  # noqa: E402
 from budgetlm.train.fastpath import resolve_ce_kernel  # noqa: E402
-from budgetlm.memory import GB, flops_per_token, measure_peak_memory, measure_throughput, memory_estimate  # noqa: E402
+from budgetlm.plan.memory import GB, flops_per_token, measure_peak_memory, measure_throughput, memory_estimate  # noqa: E402
 
 CASES = ("gpt2-124m", "gpt2-350m", "tinyllama-1.1b")
 

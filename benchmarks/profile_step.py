@@ -1,6 +1,6 @@
 """Where a compiled training step spends its GPU time: kernels from the PyTorch profiler, grouped
 into matmuls, attention, compiler-fused elementwise/reduction kernels (Triton), the optimizer and
-the rest. Tells which lever is left for a model (benchmarks/RESULTS.md §2). The same steps are
+the rest. Tells which lever is left for a model (benchmarks/HISTORY.md §2). The same steps are
 also timed without the profiler (CUDA events): what the kernels do not fill is idle GPU time.
 
     python benchmarks/profile_step.py --model gpt2-124m --seq 1024 --micro-batch 32 [--fp8 tensorwise]

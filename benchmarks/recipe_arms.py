@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import SHARED_STORIES, print_table, record  # noqa: E402
 from benchmarks.speedrun_e2e import _cli, split_stories  # noqa: E402
-from budgetlm.speedrun import speedrun  # noqa: E402
-from budgetlm.sweep_report import welch_p  # noqa: E402
+from budgetlm.speedrun.pipeline import speedrun  # noqa: E402
+from budgetlm.sweep.report import welch_p  # noqa: E402
 
 ALPHA = 0.05
 # Overrides on top of the speedrun's own sizing; each switch alone, then the bundle (train/recipe.py).

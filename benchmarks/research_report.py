@@ -13,8 +13,8 @@ import statistics
 from pathlib import Path
 
 from benchmarks.common import commit, machine, record
-from budgetlm.sweep import SweepSpec
-from budgetlm.sweep_report import compare, mean_std
+from budgetlm.sweep.runner import SweepSpec
+from budgetlm.sweep.report import compare, mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "benchmarks" / "research_study.md"
@@ -111,7 +111,7 @@ def arm_stats(name: str, rs: list[dict], base: list[float]) -> dict:
 def stories_for(run_dir: Path, data_dir: Path, seed: int) -> dict:
     from budgetlm.data.prepare import load_meta
     from budgetlm.eval.story_eval import story_eval
-    from budgetlm.report import load_model
+    from budgetlm.report.summary import load_model
     model, tok, _ = load_model(run_dir, "cpu")
     st = story_eval(model, tok, N_STORIES, seed=seed, lowercase_prompts=bool(load_meta(data_dir).get("lowercase")))
     return {"metrics": st["story_metrics"], "stories": [s["text"] for s in st["stories"][:2]]}

@@ -25,14 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from budgetlm.config import model_config  # noqa: E402
-from budgetlm.sweep import SweepSpec, check_spec, load_sweep, run_sweep  # noqa: E402
+from budgetlm.sweep.runner import SweepSpec, check_spec, load_sweep, run_sweep  # noqa: E402
 
 SIZE_TOML = ROOT / "benchmarks/sweeps/size_5m.toml"
 STUDY = ROOT / "runs/study"
 
 
 def best_size(rows: list[dict]) -> str:
-    from budgetlm.sweep_report import leaderboard
+    from budgetlm.sweep.report import leaderboard
     board = leaderboard([r for r in rows if r["status"] == "ok"])
     return board[0]["setting"].split("=", 1)[1]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import SHARED_STORIES, print_table, record  # noqa: E402
-from budgetlm.speedrun import speedrun  # noqa: E402
+from budgetlm.speedrun.pipeline import speedrun  # noqa: E402
 
 # The anchor: nanoGPT-style 1.4M params, 4096 BPE, seq 256, batch 32, AdamW lr 2e-3, cosine.
 ARMS = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from budgetlm import bench
+from budgetlm.plan import bench
 from budgetlm.config import model_config
 from budgetlm.errors import BudgetLMError
 

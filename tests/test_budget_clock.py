@@ -132,7 +132,7 @@ def test_parse_budget_counts_use_parse_count():
 
 
 def test_a_parsed_budget_keeps_its_text_and_is_not_parsed_again(monkeypatch):
-    from budgetlm import speedrun
+    from budgetlm.speedrun import pipeline as speedrun
     from budgetlm.train.budget import Clock, as_budget
     b, steps = parse_budget("1h30m"), parse_budget("100-steps")
     assert (b.text, b.amount) == ("1h30m", 5400) and b == Budget("time", 5400)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from budgetlm.bench import ablation_settings
+from budgetlm.plan.bench import ablation_settings
 from budgetlm.config import model_config
 from budgetlm.train.fastpath import resolve_ce_kernel
 from budgetlm.errors import BudgetLMError

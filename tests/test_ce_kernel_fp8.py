@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from budgetlm.bench import ablation_settings
+from budgetlm.plan.bench import ablation_settings
 from budgetlm.config import model_config
 from budgetlm.train.fastpath import resolve_fp8_head
 from budgetlm.errors import BudgetLMError
@@ -181,7 +181,7 @@ def test_cuda_fp8_head_matches_an_fp32_reference():
 
 
 def test_memory_model_counts_the_fp8_heads_extra_logit_bytes():
-    from budgetlm.memory import loss_head_bytes
+    from budgetlm.plan.memory import loss_head_bytes
     cfg = model_config("gpt2-124m")
     tokens = 32 * 1024
     bf16 = loss_head_bytes(cfg, tokens, ce_kernel=True)

@@ -16,7 +16,7 @@ import torch
 from budgetlm import cli
 from budgetlm.config import TrainConfig, model_config
 from budgetlm.errors import BudgetLMError
-from budgetlm.sweep import load_sweep, run_sweep
+from budgetlm.sweep.runner import load_sweep, run_sweep
 from budgetlm.train import checkpoint as ckpt_mod
 from budgetlm.train import state_codec
 from budgetlm.train.trainer import train
@@ -291,7 +291,7 @@ def test_a_real_write_failure_is_caught_too(run):
     safetensors reports that as SafetensorError, not OSError."""
     resource = pytest.importorskip("resource")
     import signal
-    from budgetlm.report import load_model
+    from budgetlm.report.summary import load_model
     model, tok, _ = load_model(run)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

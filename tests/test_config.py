@@ -101,7 +101,7 @@ def test_toml_train_table_takes_flat_keys_and_sub_tables(tmp_path, synth_data):
 
 
 def test_sweep_train_table_takes_sub_tables(tmp_path):
-    from budgetlm.sweep import build_configs, load_sweep, plan_runs
+    from budgetlm.sweep.runner import build_configs, load_sweep, plan_runs
     path = tmp_path / "s.toml"
     path.write_text(f'[sweep]\ndata = "{tmp_path}"\nbudget = "2-steps"\nout = "{tmp_path / "o"}"\n'
                     '[grid]\nn_layer = [1]\n[train]\nbatch_size = 2\n[train.optim]\nlr = 0.005\n'

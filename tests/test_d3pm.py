@@ -74,7 +74,7 @@ def test_evaluate_uses_the_bound():
 
 def test_sample_text_uses_the_sampler(synth_data):
     from budgetlm.data.prepare import data_tokenizer
-    from budgetlm.generate import sample_text
+    from budgetlm.sample.generate import sample_text
     tok = data_tokenizer(synth_data)
     m = build_model(tiny(vocab_size=tok.vocab_size, block_size=48))
     s = sample_text(m, tok, "Once upon a time", 20, seed=0)

@@ -123,7 +123,7 @@ def test_tinystories_offline_without_cache(tmp_path, monkeypatch):
 
 
 def test_auto_size_picks_chinchilla_nearest():
-    from budgetlm.speedrun import pick_size
+    from budgetlm.speedrun.pipeline import pick_size
     # 100 s at these speeds sees 2M, 1M, 0.5M tokens -> optimal sizes 100k, 50k, 25k params
     shapes = [(10_000, 20_000.0), (50_000, 10_000.0), (400_000, 5_000.0)]
     assert pick_size(shapes, 100) == 1

@@ -12,7 +12,7 @@ from budgetlm.data.tokenizers import build_tokenizer
 from budgetlm.errors import BudgetLMError
 from budgetlm.cli.export import register
 from budgetlm.export import export_hf
-from budgetlm.generate import generate_ids
+from budgetlm.sample.generate import generate_ids
 from budgetlm.models.transformer import GPT
 from budgetlm.train.checkpoint import save_checkpoint
 

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from budgetlm.bench import ablation_settings
+from budgetlm.plan.bench import ablation_settings
 from budgetlm.config import model_config
 from budgetlm.train.fastpath import resolve_attention, resolve_half_residual
 from budgetlm.errors import BudgetLMError
@@ -304,7 +304,7 @@ def test_kept_gradients_train_exactly_like_dropped_ones():
 def test_cuda_graphs_with_accumulation_train_like_plain_compile():
     """CUDA graphs with gradient accumulation: the second micro-step's replay once overwrote the
     first one's gradients (a RuntimeError); now it must run and match the compiled step without graphs."""
-    from budgetlm.bench import bench_one
+    from budgetlm.plan.bench import bench_one
     rows = {mode: bench_one("nano", seq=64, micro_batch=4, steps=4, warmup=3, device="cuda", accum=3,
                             compile_mode=mode, fused_loss=False)
             for mode in ("default", "reduce-overhead")}

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from budgetlm.config import model_config
 from budgetlm.errors import BudgetLMError
-from budgetlm.fusion import SMOOTH, Fuser, FusionSpec, KnnDatastore, parse_fusion
-from budgetlm.generate import generate_ids
+from budgetlm.sample.fusion import SMOOTH, Fuser, FusionSpec, KnnDatastore, parse_fusion
+from budgetlm.sample.generate import generate_ids
 from budgetlm.models.ngram import KneserNeyLM
 from budgetlm.models.transformer import GPT
 

@@ -1,7 +1,7 @@
 import torch
 
 from budgetlm.config import model_config
-from budgetlm.generate import filter_logits, generate_ids
+from budgetlm.sample.generate import filter_logits, generate_ids
 from budgetlm.models.transformer import GPT
 
 

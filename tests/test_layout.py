@@ -3,7 +3,7 @@ package's folders move (issue 19's layout): bench appends to benchmarks/results.
 
 from pathlib import Path
 
-from budgetlm import bench
+from budgetlm.plan import bench
 
 REPO = Path(__file__).resolve().parents[1]
 

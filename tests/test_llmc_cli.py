@@ -97,7 +97,7 @@ def test_plot_runs_and_summary_page(tmp_path):
     _fake_run(tmp_path / "b", 4.7, [])
     assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 20_000 and (tmp_path / "p_summary.png").stat().st_size > 20_000
-    from budgetlm.plot import load_run
+    from budgetlm.report.plot import load_run
     assert load_run(tmp_path / "a")["hs"] == [(5, 5000, 0.26), (10, 10000, 0.28)]
     assert main(["plot", str(tmp_path / "nowhere"), "--out", str(tmp_path / "q.png")]) == 2
 

@@ -7,7 +7,7 @@ import torch
 
 from budgetlm.config import EvalConfig, OptimConfig, TrainConfig, model_config
 from budgetlm.errors import BudgetLMError
-from budgetlm.generate import generate_ids
+from budgetlm.sample.generate import generate_ids
 from budgetlm.models import build_model
 from budgetlm.models.lstm import LSTMLM
 
@@ -85,6 +85,6 @@ def test_trains_with_the_trainer(synth_data, tmp_path):
     assert info.steps == 6 and all(map(lambda v: v == v, losses)) and losses[-1] < losses[0]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["model"]["arch"] == "lstm" and summary["val_bpb"] > 0
-    from budgetlm.report import load_model
+    from budgetlm.report.summary import load_model
     model, tok, _ = load_model(tmp_path)  # the checkpoint round-trips (tied head stored once)
     assert isinstance(model, LSTMLM)

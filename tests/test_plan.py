@@ -1,4 +1,4 @@
-"""Tests for the budget planner (budgetlm.plan, budgetlm.memory, budgetlm.hardware).
+"""Tests for the budget planner (budgetlm.plan.planner, budgetlm.plan.memory, budgetlm.plan.hardware).
 
 Fast and CPU-only: models are built on the meta device except for the small configs whose
 parameter counts are checked against real builds. GPU memory checks live in
@@ -19,11 +19,11 @@ import torch
 
 from budgetlm.config import ModelConfig, TrainConfig, from_dict, model_config
 from budgetlm.errors import BudgetLMError
-from budgetlm.hardware import get_gpu, peak_flops
-from budgetlm.memory import flops_per_token, layer_activation_bytes, measure_throughput, pick_micro_batch
+from budgetlm.plan.hardware import get_gpu, peak_flops
+from budgetlm.plan.memory import flops_per_token, layer_activation_bytes, measure_throughput, pick_micro_batch
 from budgetlm.models import build_model
-from budgetlm.plan import (Plan, count_params, estimate, explain, ladder, make_plan, measure, measure_peak_memory,
-                           memory_estimate, render, write_config)
+from budgetlm.plan.planner import (Plan, count_params, estimate, explain, ladder, make_plan, measure, measure_peak_memory,
+                                   memory_estimate, render, write_config)
 from budgetlm.cli.plan import register
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -98,7 +98,7 @@ def test_first_step_time_in_summary(time_run):
 def test_plot_reads_the_richer_metrics(time_run, tmp_path):
     out, _ = time_run
     assert main(["plot", str(out), "--out", str(tmp_path / "p.png")]) == 0
-    from budgetlm.plot import load_run
+    from budgetlm.report.plot import load_run
     assert len(load_run(out)["val"]) >= 3 and (tmp_path / "p.png").stat().st_size > 10_000
 
 

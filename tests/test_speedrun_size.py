@@ -1,4 +1,4 @@
-"""Speedrun sizing from measured throughput (budgetlm.speedrun_size): fast, CPU only, on fake calibrations
+"""Speedrun sizing from measured throughput (budgetlm.speedrun.sizing): fast, CPU only, on fake calibrations
 except the one test that times the real CPU calibration."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from budgetlm.errors import BudgetLMError
-from budgetlm.hardware import peak_flops
-from budgetlm.memory import OVERHEAD_BYTES, flops_per_token, memory_estimate
-from budgetlm.plan import chinchilla_loss
-from budgetlm.speedrun import _apply_overrides, _sized_setup, choose_setup
-from budgetlm.speedrun_size import (GPU_REF_EAGER_MFU, Calibration, calibrate, calibration_seconds,
-                                    estimate_unique_tokens, size_model)
+from budgetlm.plan.hardware import peak_flops
+from budgetlm.plan.memory import OVERHEAD_BYTES, flops_per_token, memory_estimate
+from budgetlm.plan.planner import chinchilla_loss
+from budgetlm.speedrun.pipeline import _apply_overrides, _sized_setup, choose_setup
+from budgetlm.speedrun.sizing import (GPU_REF_EAGER_MFU, Calibration, calibrate, calibration_seconds,
+                                      estimate_unique_tokens, size_model)
 from budgetlm.train.trainer import Clock
 
-# The CPU study's machine: 3x96 SwiGLU trained at ~36k tokens/s (benchmarks/RESULTS.md section 6).
+# The CPU study's machine: 3x96 SwiGLU trained at ~36k tokens/s (benchmarks/HISTORY.md section 6).
 STUDY_CPU = Calibration("cpu", "cpu", 36_000 * 2_716_992, 12e9, 1.0, "3x96 eager fp32 64x64", 36_000)
 H200 = Calibration("cuda", "NVIDIA H200", peak_flops("NVIDIA H200") * GPU_REF_EAGER_MFU, 141e9, 3.0,
                    "12x768 eager bf16 16x1024", 0.0)
@@ -85,7 +85,7 @@ def test_chinchilla_loss_default_is_unchanged():
 
 @pytest.mark.parametrize("unique", [None, TINYSTORIES_SHARED, 20e6])
 def test_cpu_5m_choice_is_todays_default(unique):
-    """The measured best 5-minute CPU setup (RESULTS.md sections 1 and 6) is what the sizing picks."""
+    """The measured best 5-minute CPU setup (HISTORY.md sections 1 and 6) is what the sizing picks."""
     static = choose_setup("5m", "cpu")
     sized = choose_setup("5m", "cpu", calibration=STUDY_CPU, unique_tokens=unique, seconds_left=290,
                          log=lambda *_: None)
@@ -154,7 +154,7 @@ def test_cpu_calibration_is_a_small_share_of_the_budget():
 
 
 def test_gpu_setup_takes_the_sized_shape_batch_and_tokenizer(monkeypatch):
-    import budgetlm.speedrun as sr
+    import budgetlm.speedrun.pipeline as sr
     monkeypatch.setattr(sr, "pick_device", lambda name="auto": torch.device("cuda"))  # no GPU needed: arithmetic only
     for budget, unique in (("2m", 50e6), ("10m", 50e6), ("1h", None)):
         setup = sr.choose_setup(budget, "cuda", calibration=H200, unique_tokens=unique, log=lambda *_: None)
@@ -177,10 +177,10 @@ def test_a_given_tokenizer_is_kept_and_sizes_the_head():
 
 
 def test_short_cpu_budgets_skip_the_calibration(monkeypatch):
-    from budgetlm.speedrun_size import calibration_pays
+    from budgetlm.speedrun.sizing import calibration_pays
     assert not calibration_pays(25) and not calibration_pays(60, 1e6)
     assert calibration_pays(300) and calibration_pays(1800, 1e6)
-    import budgetlm.speedrun as sr
+    import budgetlm.speedrun.pipeline as sr
     monkeypatch.setattr(sr, "calibrate", lambda *a: pytest.fail("a 25 s CPU budget must not calibrate"))
     lines = []
     setup = _sized_setup("25s", "cpu", None, "measured", "synth", None, Clock(), lines.append)
@@ -192,7 +192,7 @@ def test_short_cpu_budgets_skip_the_calibration(monkeypatch):
 
 def test_timed_steps_stop_at_the_wall_clock_cap():
     from budgetlm.config import ModelConfig
-    from budgetlm.memory import _train_steps
+    from budgetlm.plan.memory import _train_steps
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16)
     t = time.perf_counter()
     r = _train_steps(cfg, 2, 16, torch.device("cpu"), None, 60.0, torch.float32, max_wall_s=0.2)

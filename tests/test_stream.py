@@ -216,7 +216,7 @@ def test_producer_error_reaches_the_trainer_as_one_line(tmp_path):
 
 
 def test_speedrun_reuses_the_cache(tmp_path, corpus):
-    from budgetlm.speedrun import speedrun
+    from budgetlm.speedrun.pipeline import speedrun
     logs = []
     kw = dict(data=str(corpus), tokenizer="char", device="cpu", cache_root=str(tmp_path / "cache"), n_samples=1,
               sample_tokens=5, overrides={"n_layer": 1, "n_embd": 16, "n_head": 2, "seq_len": 16, "batch_size": 4,

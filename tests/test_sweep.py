@@ -6,8 +6,8 @@ import math
 import pytest
 
 from budgetlm.errors import BudgetLMError
-from budgetlm.sweep import load_sweep, run_sweep, settings
-from budgetlm.sweep_report import betainc, compare, leaderboard, mean_std, welch_p
+from budgetlm.sweep.runner import load_sweep, run_sweep, settings
+from budgetlm.sweep.report import betainc, compare, leaderboard, mean_std, welch_p
 
 
 def write_config(path, data, out, extra=""):
@@ -85,7 +85,7 @@ def test_bad_configs_name_the_problem(tmp_path, extra, grid_line, match):
     p = write_config(tmp_path / "b.toml", tmp_path, tmp_path / "o", extra=extra)
     p.write_text(p.read_text() + grid_line + "\n")
     with pytest.raises(BudgetLMError, match=match):
-        from budgetlm.sweep import plan_runs
+        from budgetlm.sweep.runner import plan_runs
         plan_runs(load_sweep(p))
 
 

@@ -77,8 +77,8 @@ def test_bench_compile_mode_decides_the_graphs():
 
 def test_trainer_bench_and_memory_probe_all_apply_a_resolved_fast_path(synth_data, tmp_path, monkeypatch):
     """The fast path is wired in one place: each of the three builds its model through FastPath.apply."""
-    from budgetlm.bench import bench_one
-    from budgetlm.memory import _train_steps
+    from budgetlm.plan.bench import bench_one
+    from budgetlm.plan.memory import _train_steps
     from budgetlm.train.trainer import train
     applied = []
     real = FastPath.apply

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from budgetlm.bench import RESULTS, ablation_settings, bench_one, max_micro_batch, print_rows, record
+from budgetlm.plan.bench import RESULTS, ablation_settings, bench_one, max_micro_batch, print_rows, record
 from budgetlm.checks import number
 from budgetlm.cli.flags import field_flag
 from budgetlm.device import pick_device, pick_dtype, set_inductor_options

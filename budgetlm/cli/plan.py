@@ -9,8 +9,8 @@ from budgetlm.cli.flags import field_flag
 
 
 def register(sub) -> None:
-    from budgetlm.memory import SHARDINGS
-    from budgetlm.plan import GOALS, LADDERS
+    from budgetlm.plan.memory import SHARDINGS
+    from budgetlm.plan.planner import GOALS, LADDERS
     sp = sub.add_parser("plan", help="what a budget buys: model size, memory, speed, tokens, a config")
     sp.add_argument("--gpu", default="h100", help="a100-40gb, a100-80gb, h100, h100-pcie, h200, mi300x, rtx3090, "
                     "rtx4090, m1..m4, cpu or custom (with --tflops and --mem-gb)")
@@ -42,7 +42,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """The table, the recommendation, optional formulas, measurements and config file."""
-    from budgetlm.plan import explain, make_plan, measure, render, write_config
+    from budgetlm.plan.planner import explain, make_plan, measure, render, write_config
     plan = make_plan(args.gpu, args.gpus, args.tokens, args.time, args.goal, args.params, args.family, args.seq_len,
                      args.mfu, args.tflops, args.mem_gb, args.sharding, args.recompute, args.vocab,
                      loss_tolerance=args.loss_tolerance, data_dir=args.data,

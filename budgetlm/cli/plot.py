@@ -15,6 +15,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from budgetlm.plot import plot_runs
+    from budgetlm.report.plot import plot_runs
     curves, page = plot_runs(args.runs, args.out, args.summary, refs=not args.no_refs)
     print(f"wrote {curves} and {page}")

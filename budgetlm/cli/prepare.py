@@ -6,7 +6,6 @@ import argparse
 
 from budgetlm import checks
 from budgetlm.cli.flags import field_flag
-from budgetlm.errors import BudgetLMError
 
 
 def register(sub) -> None:

@@ -30,14 +30,14 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from budgetlm.generate import sample_text
-    from budgetlm.report import load_model
+    from budgetlm.sample.generate import sample_text
+    from budgetlm.report.summary import load_model
 
     model, tok, _ = load_model(args.checkpoint, args.device or "auto")
     temp = None if args.greedy else args.temperature
     hook = None
     if args.fuse:
-        from budgetlm.fusion import Fuser
+        from budgetlm.sample.fusion import Fuser
         if not args.data and any(h in args.fuse for h in ("knn", "ngram:")) and "@" not in args.fuse:
             raise BudgetLMError("--fuse with ngram or knn heads needs --data (the prepared folder they are built from)")
         fuser = Fuser.build(model, args.data, args.fuse, tok, log=lambda m: print(m, file=sys.stderr))

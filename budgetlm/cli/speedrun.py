@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from budgetlm.speedrun import speedrun
+    from budgetlm.speedrun.pipeline import speedrun
     overrides = {**picked(args, MODEL_FLAGS + TRAIN_FLAGS + RECIPE_MODEL_FLAGS + RECIPE_TRAIN_FLAGS),
                  "progress": not args.no_progress}
     check_overrides(overrides)

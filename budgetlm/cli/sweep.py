@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from budgetlm.checks import out_dir
-    from budgetlm.sweep import check_spec, load_sweep, run_sweep
+    from budgetlm.sweep.runner import check_spec, load_sweep, run_sweep
     spec = load_sweep(args.config)
     if args.workers is not None:
         spec.parallel = args.workers

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> None:
     mcfg, tcfg = apply_recipe(mcfg, tcfg, explicit=set(model_values) | set(flat_values(TrainConfig, train_values)))
     resume = (args.resume or args.out) if args.resume is not None else None
     info = train(mcfg, tcfg, args.data, resume=resume, stop_after_steps=args.stop_after_steps)
-    from budgetlm.report import summary_table
+    from budgetlm.report.summary import summary_table
     from budgetlm.train.distributed import env_world
     if env_world()[0] == 0:  # under torchrun only rank 0 prints
         print(summary_table(info))

@@ -46,7 +46,7 @@ def check_request(req: EvalRequest) -> None:
 
 def run_eval(req: EvalRequest) -> dict[str, Any]:
     """The results as one dict (stories included; the CLI prints it without them)."""
-    from budgetlm.report import load_model
+    from budgetlm.report.summary import load_model
     check_request(req)
     model, tok, ckpt = load_model(req.checkpoint, req.device or "auto")
     device = next(model.parameters()).device
@@ -72,7 +72,7 @@ def _eval_data(req: EvalRequest, model, tok, ckpt: Path, device, seq: int) -> di
         result["hellaswag"] = score_file(model, tok, req.hellaswag_file, req.hellaswag, device)
     fuser = None
     if req.fuse:
-        from budgetlm.fusion import Fuser
+        from budgetlm.sample.fusion import Fuser
         fuser = Fuser.build(model, req.data, req.fuse, tok, log=lambda m: print(m, file=sys.stderr))
         fused = evaluate(model, val, tok.token_bytes(), seq, req.batch_size, device,
                          max_tokens=req.max_tokens or 0, logits_fn=fuser.logits_fn)

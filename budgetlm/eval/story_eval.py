@@ -12,7 +12,7 @@ import torch
 from budgetlm.data.tokenizers import Tokenizer
 from budgetlm.errors import BudgetLMError
 from budgetlm.eval.story_metrics import score_stories
-from budgetlm.generate import LogitsHook, sample_text
+from budgetlm.sample.generate import LogitsHook, sample_text
 
 # TinyStories-style openers; most introduce a named character, so name consistency has
 # something to check (a story that switches Lily to Sue mid-way scores lower).

@@ -2,7 +2,7 @@
 
 The compiled plain loss reads the (tokens x vocab) logits in the forward pass and again in the
 backward pass, through fp32 temporaries: for GPT-2 124M at 32x1024 tokens that is ~8 ms of an
-H100's ~65 ms micro-step (benchmarks/RESULTS.md §2). Here, as in llm.c's fused classifier and
+H100's ~65 ms micro-step (benchmarks/HISTORY.md §2). Here, as in llm.c's fused classifier and
 Liger-Kernel's cross-entropy, the forward pass computes each row's loss *and* its gradient
 softmax - onehot in one kernel (two reads of the row, one write over it), so the backward pass
 is only the two matmuls d(hidden) = dlogits @ W and d(W) = dlogits^T @ hidden, scaled by the

@@ -3,7 +3,7 @@
 For GPT-2 124M the head's matmuls (logits = x W^T, d(x) = G W, d(W) = G^T x, each 2 N d V
 FLOPs with V = 50,304) are about a third of all matmul time, and the vocabulary makes them
 large enough for FP8 tensor cores to pay, which the model's 768-wide Linears were not
-(torchao's FP8 measured 0.91x for the whole model, benchmarks/RESULTS.md §2).
+(torchao's FP8 measured 0.91x for the whole model, benchmarks/HISTORY.md §2).
 
 - Forward: x and W are cast to e4m3 with one dynamic scale each (amax / 448, as torchao's
   tensorwise recipe), logits come out of `torch._scaled_mm` in bf16.
@@ -31,7 +31,7 @@ G_SCALE = 2.0 ** 15  # |softmax - onehot| <= 1, e5m2 tops out at 57,344
 G_DTYPE = torch.float8_e5m2
 X_DTYPE = torch.float8_e4m3fn
 # Tile of the gradient kernel (rows, columns, warps): the fastest of seven on an H200 for the GPT-2
-# head, 2.91 ms against 3.14-3.51 (benchmarks/RESULTS.md §2, sixth pass).
+# head, 2.91 ms against 3.14-3.51 (benchmarks/HISTORY.md §2, sixth pass).
 BLOCK_ROWS, BLOCK_COLS, NUM_WARPS = 64, 64, 4
 # The row log-sum-exp kernel (one read of each row): 1.21 ms there, 1.17-1.41 over five settings.
 LSE_BLOCK, LSE_WARPS = 2048, 8

@@ -178,7 +178,7 @@ class D3PM(nn.Module):
         There is no sliding window: prompt + new tokens must fit block_size, so a prompt keeps at
         most its last block_size // 2 tokens and fewer than `length` come back when it is full.
         """
-        from budgetlm.generate import filter_logits
+        from budgetlm.sample.generate import filter_logits
         if strategy not in ("confidence", "random"):
             raise ValueError(f"strategy must be confidence or random, got {strategy!r}")
         was_training = self.training

@@ -3,7 +3,7 @@
 Every nn.Linear whose dimensions the FP8 tensor cores accept (multiples of 16) is swapped in
 place; weights stay the same Parameters, so tied embeddings, checkpoints and export are
 unchanged. Opt-in: FP8 trades precision for speed, so it is measured apart from the bf16 fast
-path (benchmarks/RESULTS.md §2) and checked against it (benchmarks/gpu_correctness.py).
+path (benchmarks/HISTORY.md §2) and checked against it (benchmarks/gpu_correctness.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def enable_fp8(model: nn.Module, recipe: str = "tensorwise", include_head: bool 
     per row, more accurate). `emulate` runs the FP8 casts with fp32 matmuls (any device; tests).
     `modules`: "all", or comma-separated pieces of module names ("mlp", "mlp.down", "attn.qkv"):
     only Linears whose name contains one are swapped. In a narrow model FP8 pays only where a
-    matmul is large against the casts it needs (benchmarks/RESULTS.md §2).
+    matmul is large against the casts it needs (benchmarks/HISTORY.md §2).
     """
     if recipe == "off":
         return []

@@ -49,7 +49,7 @@ def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor,
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs (first half, second half) as Llama/HF do; x is (B, T, H, hd), the
     layout the qkv matmul writes. Rotating before the heads are transposed saved 2.6 GB at the
-    TinyLlama shape, 14x2048, and no measurable time (benchmarks/RESULTS.md §2)."""
+    TinyLlama shape, 14x2048, and no measurable time (benchmarks/HISTORY.md §2)."""
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype)[:, None, :], sin.to(x.dtype)[:, None, :]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
@@ -130,7 +130,7 @@ def sdpa_backend(kernel: str):
 def sdpa_restriction(kernel: str | None, q: torch.Tensor, gqa: bool):
     """Restrict scaled_dot_product_attention to one kernel inside the model's forward, where
     torch.compile sees it (a priority set around a compiled call does not reach the graph: the
-    compiled step ran FlashAttention under a cuDNN preference, benchmarks/RESULTS.md §2). Only
+    compiled step ran FlashAttention under a cuDNN preference, benchmarks/HISTORY.md §2). Only
     when the kernel can serve these inputs; otherwise PyTorch's own order decides."""
     if kernel is None:
         return contextlib.nullcontext()
@@ -147,7 +147,7 @@ def padded_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab: int
     """Mean next-token cross-entropy (fp32) over logits whose last dim may be padded past `vocab`.
     The padding columns get -inf, so they take no probability and no gradient, as if sliced off;
     but the rows keep their 64-aligned length, which the compiled loss kernels read faster than
-    rows sliced to 50257 (benchmarks/RESULTS.md §2)."""
+    rows sliced to 50257 (benchmarks/HISTORY.md §2)."""
     flat = logits.float().reshape(-1, logits.size(-1))
     if flat.size(-1) > vocab:
         pad = torch.arange(flat.size(-1), device=flat.device) >= vocab

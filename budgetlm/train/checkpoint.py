@@ -331,7 +331,7 @@ def _check_config_fits_weights(ckpt: Path, cfg: ModelConfig, weights: dict[str, 
     """Before anything builds the model: a config.json that asks for more parameters than its
     weights file holds is not this checkpoint's (an edited one asked for a 51.5 GB model). The count
     comes from a build on the meta device, which allocates nothing."""
-    from budgetlm.memory import count_params
+    from budgetlm.plan.memory import count_params
     needed, stored = count_params(cfg), sum(t.numel() for t in weights.values())
     if needed > stored:
         raise BudgetLMError(f"{ckpt / 'config.json'} describes a model of {needed:,} parameters, but "

@@ -19,7 +19,7 @@ from budgetlm.train.distributed import DistContext, maybe_main_first
 
 def sample_text_from(model: torch.nn.Module, tokenizer: Any, n_tokens: int, seed: int) -> str | None:
     """A sample from end-of-text with its own generator, so training's RNG stream is untouched."""
-    from budgetlm.generate import sample_text
+    from budgetlm.sample.generate import sample_text
     if not (hasattr(model, "new_cache") or hasattr(model, "sample")):  # generate's own test of a sampler
         return None
     was_training = model.training

@@ -108,7 +108,7 @@ ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
 
 # Below this size a training step is launch-bound on a GPU: CUDA graphs measured 2.4x (1.2M
-# params) and 2.8x (7.3M) tokens/s on an H100 (benchmarks/RESULTS.md §2); larger sizes not measured.
+# params) and 2.8x (7.3M) tokens/s on an H100 (benchmarks/HISTORY.md §2); larger sizes not measured.
 CUDA_GRAPHS_MAX_PARAMS = 20_000_000
 
 
@@ -149,7 +149,7 @@ def keep_grads_allocated(params) -> None:
 def resolve_half_residual(setting: str, device: torch.device, dtype: torch.dtype, fp8: str = "off") -> bool:
     """Whether the residual stream runs in the autocast dtype (bf16/fp16) instead of fp32.
     `auto`: on for CUDA half-precision training, where the fp32 stream doubled the bytes every
-    norm and residual add moves (benchmarks/RESULTS.md §2); off on CPU/MPS, in fp32, and with
+    norm and residual add moves (benchmarks/HISTORY.md §2); off on CPU/MPS, in fp32, and with
     FP8 rowwise matmuls, whose loss left the 2e-2 band only in combination with the bf16 stream."""
     if setting not in ("auto", "on", "off"):
         raise BudgetLMError(f"--half-residual: unknown {setting!r} (use auto, on, off)")
@@ -194,7 +194,7 @@ def resolve_fp8_head(setting: str, device: torch.device, ce_kernel: bool) -> boo
 def resolve_attention(name: str, device: torch.device) -> str | None:
     """The attention kernel to ask scaled_dot_product_attention for, or None for PyTorch's own
     order. `auto` picks cuDNN on Hopper: there its fused attention ran 1.3-1.5x faster than
-    FlashAttention-2 for our training shapes (1.04-1.06x per step; benchmarks/RESULTS.md §2), and
+    FlashAttention-2 for our training shapes (1.04-1.06x per step; benchmarks/HISTORY.md §2), and
     PyTorch ranks it last."""
     if name not in ATTENTION_BACKENDS:
         raise BudgetLMError(f"--attn: unknown {name!r} (use {', '.join(ATTENTION_BACKENDS)})")

@@ -48,7 +48,7 @@ LossHook = Callable[..., "torch.Tensor | None"]
 
 def _device_peak(device: torch.device) -> float | None:
     """Peak dense FLOP/s of the device (hardware table), for MFU; None where unknown."""
-    from budgetlm.hardware import peak_flops
+    from budgetlm.plan.hardware import peak_flops
     if device.type == "cuda":
         return peak_flops(torch.cuda.get_device_name(device))
     return None

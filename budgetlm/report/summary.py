@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from budgetlm.config import RunInfo
-from budgetlm.generate import Sample, sample_text
+from budgetlm.sample.generate import Sample, sample_text
 from budgetlm.models import build_model
 from budgetlm.train.checkpoint import check_finite, load_checkpoint, load_weights
 

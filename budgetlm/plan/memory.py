@@ -109,7 +109,7 @@ def _act_bytes(dtype: str) -> tuple[int, int]:
     fp32 adds to fp32), and also with the bf16 stream the trainer runs on CUDA, because eager
     autograd then saves the norm's fp32 upcast instead (RMSNorm upcasts itself, CUDA autocast
     runs LayerNorm in fp32). Only torch.compile keeps the bf16 tensor and redoes the cast
-    (5 GB less at TinyLlama 14x2048, benchmarks/RESULTS.md §2); compiled runs are below this
+    (5 GB less at TinyLlama 14x2048, benchmarks/HISTORY.md §2); compiled runs are below this
     eager-mode model anyway."""
     if dtype in ("bfloat16", "bf16"):
         return 2, 4
@@ -279,7 +279,7 @@ def measure_throughput(cfg: ModelConfig, micro_batch: int, seq_len: int, seconds
     does what the trainer does (compiled on CUDA): the compile time is spent in the warm-up and
     reported as first_step_s, and the timed steps run the code training will run."""
     from budgetlm.train.fastpath import resolve_cuda_graphs, should_compile
-    from budgetlm.hardware import local_device
+    from budgetlm.plan.hardware import local_device
     dev = device or local_device()[0]
     dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     compiled = should_compile(compile, dev)

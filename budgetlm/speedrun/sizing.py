@@ -25,13 +25,13 @@ from typing import Any, Callable
 from budgetlm.config import ModelConfig
 from budgetlm.train.fastpath import CUDA_GRAPHS_MAX_PARAMS
 from budgetlm.errors import BudgetLMError
-from budgetlm.memory import GB, OVERHEAD_BYTES, count_params, flops_per_token, pick_micro_batch
-from budgetlm.plan import chinchilla_loss, lr_for, total_batch_for
+from budgetlm.plan.memory import GB, OVERHEAD_BYTES, count_params, flops_per_token, pick_micro_batch
+from budgetlm.plan.planner import chinchilla_loss, lr_for, total_batch_for
 
 LOSS_FIT = "besiroglu"  # see plan.LOSS_FITS: its optimum matched our measured CPU optimum; Hoffmann's did not
 
 # CPU: today's default is the reference and the smallest candidate. 3x96 SwiGLU, bpe:1024, seq 64 x
-# batch 64, lr 3e-3 reached the lowest 5-minute BPB on a 2-core CPU (benchmarks/RESULTS.md sections 1
+# batch 64, lr 3e-3 reached the lowest 5-minute BPB on a 2-core CPU (benchmarks/HISTORY.md sections 1
 # and 6: seq 64 x 64 and vocab 1024 trained 1.8x the tokens/s of 256 x 32 / 4096; 3x96 was the best
 # size, SwiGLU beat GELU, 3 seeds). Larger shapes keep a head dim of 32 and add layers and width.
 CPU_LADDER = ((3, 96, 3), (4, 128, 4), (4, 160, 5), (5, 160, 5), (4, 192, 6), (5, 192, 6), (6, 224, 7), (6, 256, 8))
@@ -46,12 +46,12 @@ GPU_LADDER = ((4, 256, 4), (6, 320, 5), (6, 384, 6), (8, 448, 7), (8, 512, 8), (
 # From 40M body params (12 L d^2) on: seq 1024 (GPT-2's) and bpe:16384; the head stays ~1/8 of the FLOPs.
 GPU_BIG_PARAMS = 40e6
 # Measured MFU (of 989 TFLOP/s) of the step the trainer runs, bf16, compiled, by params: 1.15M (3x128,
-# 64x256) and 7.3M (6x288, 32x512) with CUDA graphs on an H100 (RESULTS.md section 2, fourth pass:
+# 64x256) and 7.3M (6x288, 32x512) with CUDA graphs on an H100 (HISTORY.md section 2, fourth pass:
 # 4.90M and 3.34M tokens/s), GPT-2 124M at 32x1024x4 on an H200 (ninth pass: 557k tokens/s).
 # Log-log interpolation between them, clamped outside; sizes in between were not measured.
 GPU_MFU = ((1_152_128, 0.036), (7_322_112, 0.163), (124_475_904, 0.45))
 # Calibration reference on CUDA: GPT-2 124M's shape, eager bf16, plain loss, fp32 residual, micro-batch
-# 16 x 1024. Eager, it measured 309,522 tokens/s at 32x1024 on an H100 (RESULTS.md section 2, second
+# 16 x 1024. Eager, it measured 309,522 tokens/s at 32x1024 on an H100 (HISTORY.md section 2, second
 # pass: 0.69x the compiled step) = 25% MFU; the ratio of a device's calibration to that MFU scales GPU_MFU.
 GPU_REF = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024, vocab_multiple=64)
 GPU_REF_SEQ, GPU_REF_BATCH, GPU_REF_EAGER_MFU = 1024, 16, 0.25
@@ -131,7 +131,7 @@ def compile_seconds(params: float) -> float:
 
 
 def lr_for_size(params: float) -> float:
-    """Peak lr: 3e-3 up to 1M params (measured best at 5 minutes on CPU, 5e-3 was worse: RESULTS.md
+    """Peak lr: 3e-3 up to 1M params (measured best at 5 minutes on CPU, 5e-3 was worse: HISTORY.md
     section 1), log-interpolated to the planner's lr_for from 10M (2e-3) on."""
     if params <= 1e6:
         return 3e-3
@@ -257,8 +257,8 @@ def calibrate(device, seconds: float) -> Calibration:
     import torch
 
     from budgetlm.device import set_threads
-    from budgetlm.hardware import _ram_gb
-    from budgetlm.memory import _train_steps
+    from budgetlm.plan.hardware import _ram_gb
+    from budgetlm.plan.memory import _train_steps
     t0 = time.perf_counter()
     if device.type == "cuda":
         cfg, seq, batch = GPU_REF, GPU_REF_SEQ, GPU_REF_BATCH

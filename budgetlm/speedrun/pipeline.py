@@ -14,9 +14,9 @@ from budgetlm.config import ModelConfig, OptimConfig, RunInfo, TrainConfig, mode
 from budgetlm.data.prepare import META_FILE, prepare
 from budgetlm.data.sources import hub_reachable
 from budgetlm.device import pick_device
-from budgetlm.report import finish_run
-from budgetlm.speedrun_size import (Calibration, apply_sizing, calibrate, calibration_pays, calibration_seconds,
-                                    estimate_unique_tokens, size_model, smallest_without_calibration)
+from budgetlm.report.summary import finish_run
+from budgetlm.speedrun.sizing import (Calibration, apply_sizing, calibrate, calibration_pays, calibration_seconds,
+                                      estimate_unique_tokens, size_model, smallest_without_calibration)
 from budgetlm.errors import BudgetLMError
 from budgetlm.train.budget import Budget, as_budget, parse_budget
 from budgetlm.train.trainer import Clock, train
@@ -64,7 +64,7 @@ def choose_setup(budget: str | Budget, device: str, tokenizer: str | None = None
     if preset == "speedrun-cpu":
         # The 5-minute study (benchmarks/research_study.md): 3x96 was the best size on a 2-core
         # CPU and SwiGLU beat GELU there (3 seeds, p=0.036); checked as a speedrun, 1.137 vs 1.154
-        # BPB for the old 4x128 GELU default (benchmarks/RESULTS.md §6).
+        # BPB for the old 4x128 GELU default (benchmarks/HISTORY.md §6).
         mcfg = ModelConfig(n_layer=3, n_head=3, n_embd=96, mlp="swiglu", block_size=seq)
     else:
         mcfg = model_config(preset, block_size=seq)
@@ -100,7 +100,7 @@ def auto_size(model: ModelConfig, train_cfg: TrainConfig, seconds_left: float, p
     one ~1% calibration: these probes cost 6 x probe_seconds (24 s of a 5-minute budget by default)
     and on CUDA each one would compile; they remain as a measured check of the prediction."""
     import dataclasses
-    from budgetlm.memory import measure_throughput
+    from budgetlm.plan.memory import measure_throughput
     dev = pick_device(train_cfg.device)
     rows = []
     for layers, width, heads in AUTO_SHAPES:

@@ -1,8 +1,8 @@
 """`budgetlm plan`: what a budget of GPUs, hours and tokens buys, before spending it.
 
 For a ladder of model shapes it computes exact parameter counts (meta-device builds), the
-memory one training step needs per GPU (budgetlm.memory), the largest micro-batch that fits,
-tokens/s from peak FLOP/s x an MFU assumption (budgetlm.hardware), how many tokens the time
+memory one training step needs per GPU (budgetlm.plan.memory), the largest micro-batch that fits,
+tokens/s from peak FLOP/s x an MFU assumption (budgetlm.plan.hardware), how many tokens the time
 buys and how many epochs of the data that is. It then recommends one shape for a goal:
 
   compute-optimal   Chinchilla (Hoffmann et al. 2022): for compute C = 6ND the loss is lowest
@@ -26,10 +26,10 @@ from typing import Any
 
 from budgetlm.config import MODEL_PRESETS, ModelConfig, model_config
 from budgetlm.errors import BudgetLMError
-from budgetlm.hardware import GPUSpec, _ram_gb, get_gpu, local_device, measure_cpu_tflops, peak_flops
+from budgetlm.plan.hardware import GPUSpec, _ram_gb, get_gpu, local_device, measure_cpu_tflops, peak_flops
 from budgetlm.train.fastpath import resolve_ce_kernel
-from budgetlm.memory import (GB, OVERHEAD_BYTES, SHARDINGS, count_params, flops_per_token, layer_activation_bytes,
-                             measure_peak_memory, measure_throughput, memory_estimate, pick_micro_batch)
+from budgetlm.plan.memory import (GB, OVERHEAD_BYTES, SHARDINGS, count_params, flops_per_token, layer_activation_bytes,
+                                  measure_peak_memory, measure_throughput, memory_estimate, pick_micro_batch)
 from budgetlm.train.budget import parse_budget, parse_count  # noqa: F401 (parse_count: plan's --tokens/--params)
 
 __all__ = ["count_params", "memory_estimate", "measure_peak_memory", "peak_flops", "estimate", "make_plan",
@@ -88,7 +88,7 @@ def parse_time(text: str | float | int) -> float:
 #  hoffmann   Hoffmann et al. 2022, Approach 3 as printed (the planner's default).
 #  besiroglu  Besiroglu et al. 2024 ("Chinchilla scaling: a replication attempt"), the same data refit:
 #             its optimum agrees with Hoffmann's Approaches 1-2 (~20 tokens/param), as our 5-minute
-#             CPU study did (best size at 23.6 tokens/param, benchmarks/RESULTS.md section 6).
+#             CPU study did (best size at 23.6 tokens/param, benchmarks/HISTORY.md section 6).
 LOSS_FITS = {"hoffmann": (1.69, 406.4, 410.7, 0.34, 0.28), "besiroglu": (1.8172, 482.01, 2085.43, 0.3478, 0.3658)}
 
 

@@ -25,7 +25,7 @@ from budgetlm.train.fastpath import resolve_fast_path
 from budgetlm.train.optim import make_optimizer
 from budgetlm.train.step import CycleBatches, train_step
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results.jsonl"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results.jsonl"
 
 # One setting per row of the ablation: the fast path as given on the command line, then each
 # piece changed alone. The chunked loss is a row of its own, not part of the fast path: it saves
@@ -142,7 +142,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
     tokens = micro_batch * seq * accum
     fpt = model.flops_per_token(seq)
     fpt_full = model.flops_per_token_full_attention(seq)
-    from budgetlm.hardware import peak_flops
+    from budgetlm.plan.hardware import peak_flops
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     peak = peak_flops(name) if dev.type == "cuda" else None
     tps = tokens / (ms / 1000)  # per GPU; MFU is per GPU too
@@ -164,7 +164,7 @@ def bench_one(model_name: str, seq: int, micro_batch: int, steps: int = 20, warm
 # How far the loss may rise over the timed steps before the run counts as diverged. On random
 # tokens a sound step keeps it near ln(vocab); a broken kernel sends it up or to nan, and its
 # timings mean nothing: a broken FP8 gradient once "ran" 14% faster on an H200, whose clock,
-# held down by the 700 W power cap, rises when the matmuls multiply garbage (RESULTS.md §2).
+# held down by the 700 W power cap, rises when the matmuls multiply garbage (HISTORY.md §2).
 DIVERGED_NATS = 1.0
 
 

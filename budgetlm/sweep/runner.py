@@ -22,7 +22,7 @@ Each (setting, seed) trains into OUT/<setting>/seed<S>. Resumable: a run with su
 read back, not retrained; a run interrupted with a checkpoint resumes from it (the newest intact
 one); one without any is started again from scratch. A run whose checkpoints are all broken, or
 hold no training state, is never deleted: it is reported as failed for a person to look at.
-Results: OUT/results.jsonl and .csv (a row per run), the leaderboard (budgetlm/sweep_report.py)
+Results: OUT/results.jsonl and .csv (a row per run), the leaderboard (budgetlm/sweep/report.py)
 in OUT/leaderboard.txt, OUT/bpb_vs_params.png and OUT/best_curves.png.
 """
 
@@ -271,7 +271,7 @@ class SweepResult:
 
 def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool = False) -> SweepResult:
     """Train what is missing, then write results, leaderboard and plots for all runs."""
-    from budgetlm.sweep_report import leaderboard, leaderboard_table, plot_best_curves, plot_bpb_vs_params
+    from budgetlm.sweep.report import leaderboard, leaderboard_table, plot_best_curves, plot_bpb_vs_params
     runs = plan_runs(spec)
     out = Path(spec.out)
     done = {id(r): r for r in runs if (out / r.run_dir / "summary.json").is_file()}

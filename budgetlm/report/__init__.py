@@ -1,0 +1,1 @@
+"""What finished runs show a person: summary tables, samples, loss curves and comparison plots."""

@@ -1,0 +1,1 @@
+"""Sampling from a trained model, with optional shallow fusion heads."""

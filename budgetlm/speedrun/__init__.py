@@ -1,0 +1,1 @@
+"""The main job (data, tokenizer, budgeted training, samples) and how big a model it trains."""
