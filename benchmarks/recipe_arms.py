@@ -7,7 +7,8 @@ measured on the same text by the same code. N seeds per arm, Welch's t-test of e
 BPB against plain's; per-arm tokens/s. Rows go to benchmarks/results.jsonl.
 
   python benchmarks/recipe_arms.py [--budget 5m] [--seeds 1337 1338 1339] [--arms plain muon modern]
-      [--data TEXT_FILE] [--work DIR]
+      [--data TEXT_FILE] [--max-mb 4] [--work DIR]
+Finished arms are kept in WORK/rows.jsonl, so the same --work resumes a cut-short run.
 A 5-minute budget x 12 arms x 3 seeds is three hours: run it on a machine nobody else is timing on.
 """
 
@@ -91,17 +92,26 @@ def main() -> None:
     ap.add_argument("--budget", default="5m")
     ap.add_argument("--seeds", nargs="*", type=int, default=[1337, 1338, 1339])
     ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
-    ap.add_argument("--data", default=str(SHARED_STORIES), help="stories text; its last 10%% is held out")
+    ap.add_argument("--data", default=str(SHARED_STORIES),
+                    help="stories text or a Gutenberg part (.txt.xz); its last 10%% of documents is held out")
+    ap.add_argument("--max-mb", type=float, help="keep whole documents up to this many MB of text first")
     ap.add_argument("--work", help="folder for the split, runs and evals (default: a temporary one)")
     ap.add_argument("--no-record", action="store_true", help="print only; append nothing to results.jsonl")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(a.work or tmp).resolve()
-        split_stories(a.data, str(work / "split"))
-        rows = []
+        if not (work / "split/heldout.txt").exists():
+            split_stories(a.data, str(work / "split"), max_chars=int(a.max_mb * 1e6) if a.max_mb else None)
+        done_file = work / "rows.jsonl"
+        done = [json.loads(line) for line in done_file.open()] if done_file.exists() else []
+        rows = [r for r in done if r["arm"] in a.arms and r["seed"] in a.seeds]
         for seed in a.seeds:  # seeds outermost: a cut-short run still has every arm for the first seeds
             for name in a.arms:
+                if any(r["arm"] == name and r["seed"] == seed for r in rows):
+                    continue
                 rows.append(run_arm(name, a.budget, seed, work / "split/train.txt", work / "split/heldout.txt", work))
+                with done_file.open("a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
                 print(json.dumps(rows[-1]), flush=True)
     summary = verdicts(rows)
     print_table(summary, ["arm", "n", "bpb_mean", "bpb_std", "bpb_vs_plain", "p_vs_plain", "verdict", "tok_per_s"])

@@ -28,15 +28,30 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import print_table, record  # noqa: E402
 
 
-def split_stories(path: str, out: str, held_frac: float = 0.1) -> None:
-    from budgetlm.data.sources import split_text
-    stories = split_text(Path(path).read_text(encoding="utf-8"))
-    cut = int(len(stories) * (1 - held_frac))
+def split_stories(path: str, out: str, held_frac: float = 0.1, max_chars: int | None = None) -> None:
+    """Hold out the last `held_frac` of the documents (stories, or whole books where the file
+    separates them with <|endoftext|>), after keeping whole documents up to `max_chars`."""
+    from budgetlm.data.sources import EOT, open_bytes, split_text
+    with open_bytes(Path(path)) as f:  # .xz Gutenberg parts are read as a stream
+        text = f.read().decode("utf-8")
+    docs = split_text(text)
+    if max_chars:
+        kept, n = [], 0
+        for d in docs:
+            if n + len(d) > max_chars and kept:
+                break
+            kept.append(d)
+            n += len(d)
+        docs = kept
+    cut = int(len(docs) * (1 - held_frac))
+    if cut in (0, len(docs)):
+        raise SystemExit(f"{path}: {len(docs)} documents cannot be split {1 - held_frac:.0%}/{held_frac:.0%}")
+    # Stories keep the shared file's layout (one per line block); books keep their separator.
+    sep = f"\n{EOT}\n" if EOT in text else "\n"
     Path(out).mkdir(parents=True, exist_ok=True)
-    # One story per line block, blank line between paragraphs: the shared file's own layout.
-    Path(out, "train.txt").write_text("\n".join(stories[:cut]) + "\n", encoding="utf-8")
-    Path(out, "heldout.txt").write_text("\n".join(stories[cut:]) + "\n", encoding="utf-8")
-    print(f"{cut} train / {len(stories) - cut} held-out stories -> {out}")
+    Path(out, "train.txt").write_text(sep.join(docs[:cut]) + "\n", encoding="utf-8")
+    Path(out, "heldout.txt").write_text(sep.join(docs[cut:]) + "\n", encoding="utf-8")
+    print(f"{cut} train / {len(docs) - cut} held-out documents of {path} -> {out}")
 
 
 def _cli(tree: Path, args: list[str], log: Path, timeout: float) -> tuple[int, float]:
