@@ -310,9 +310,10 @@ def test_cuda_graphs_with_accumulation_train_like_plain_compile():
             for mode in ("default", "reduce-overhead")}
     a, b = rows["default"], rows["reduce-overhead"]
     print({m: (r["loss_first"], r["loss_last"]) for m, r in rows.items()})
-    # On random tokens the loss barely moves (~7e-3 over these steps), so the match must be tighter
-    # than that move: a graphed run whose gradients were lost would stay at its first loss.
+    # On random tokens the step's loss (the mean over its micro-batches) barely moves: 2.6e-4 over
+    # these steps on an H200 (torch 2.11), where both modes agreed to every digit. The match must be
+    # much tighter than that move: a graphed run whose gradients were lost would stay at its first loss.
     for r in (a, b):
-        assert abs(r["loss_last"] - r["loss_first"]) > 2e-3  # the weights moved
-    assert a["loss_first"] == pytest.approx(b["loss_first"], abs=2e-4)
-    assert a["loss_last"] == pytest.approx(b["loss_last"], abs=2e-4)
+        assert abs(r["loss_last"] - r["loss_first"]) > 1e-4  # the weights moved
+    assert a["loss_first"] == pytest.approx(b["loss_first"], abs=2e-5)
+    assert a["loss_last"] == pytest.approx(b["loss_last"], abs=2e-5)

@@ -13,7 +13,7 @@ from budgetlm.errors import BudgetLMError
 MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "norm", "pos", "mlp_hidden")
 TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac", "warmup_frac", "warmup_steps",
                "schedule", "weight_decay", "grad_clip", "seed", "device", "dtype", "compile", "threads",
-               "eval_every", "eval_points", "eval_tokens", "checkpoint_every", "log_every", "log_to", "fused_loss",
+               "eval_every", "eval_points", "eval_tokens", "final_eval_tokens", "checkpoint_every", "log_every", "log_to", "fused_loss",
                "ce_kernel", "recompute", "attn", "fp8", "fp8_modules", "fp8_head", "half_residual", "cuda_graphs",
                "teacher", "distill_steps", "distill_alpha", "distill_temp", "max_steps", "sample_every",
                "sample_tokens", "hellaswag_every", "hellaswag_items", "hellaswag_file", "train_shards", "val_shards",
