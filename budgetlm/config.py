@@ -175,6 +175,9 @@ class ScheduleConfig:
     min_lr_frac: float = setting(0.1, "floor of the decay, as a fraction of --lr", min=0.0, max=1.0)
     decay_frac: float = setting(0.2, "--schedule wsd: the final fraction of the budget spent decaying",
                                 positive=True, max=1.0)
+    batch_warmup_frac: float = setting(0.0, "batch-size warmup: ramp gradient accumulation from one micro-batch "
+                                       "to the full --total-batch over this first fraction of the budget (0 = off)",
+                                       min=0.0, max=1.0)
 
     def __post_init__(self) -> None:
         check_fields(self)

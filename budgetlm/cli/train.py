@@ -22,7 +22,7 @@ TRAIN_FLAGS = ("batch_size", "total_batch_tokens", "seq_len", "lr", "min_lr_frac
 RECIPE_MODEL_FLAGS = ("qk_norm", "zero_init_proj", "logit_softcap", "value_embeds", "embed_skip", "window",
                       "tie_embeddings")
 RECIPE_TRAIN_FLAGS = ("recipe", "optimizer", "muon_lr", "muon_momentum", "muon_weight_decay", "muon_lr_adjust",
-                      "embed_lr", "head_lr", "decay_frac")
+                      "embed_lr", "head_lr", "decay_frac", "batch_warmup_frac")
 DISTILL_FLAGS = ("teacher", "distill_steps", "distill_alpha", "distill_temp")
 SCALE_FLAGS = ("parallel", "zero_stage", "train_shards", "val_shards", "max_steps", "sample_every", "sample_tokens",
                "hellaswag_every", "hellaswag_items", "hellaswag_file")

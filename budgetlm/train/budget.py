@@ -112,6 +112,16 @@ def lr_at(frac: float, lr: float, schedule: str = "cosine", warmup_frac: float =
     return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def accum_at(frac: float, accum: int, batch_warmup_frac: float) -> int:
+    """Micro-batches in the step taken at budget fraction `frac`: with a batch-size warmup, a linear
+    ramp from 1 to `accum` over the first `batch_warmup_frac` (small early batches: the gradient
+    noise is small next to how far the weights have to go). Every rank reads the same max_frac
+    (rank 0's clock, or tokens/steps), so all ranks take the same number of micro-steps."""
+    if batch_warmup_frac <= 0 or frac >= batch_warmup_frac:
+        return accum
+    return max(1, min(accum, math.ceil(accum * frac / batch_warmup_frac)))
+
+
 @dataclass
 class Clock:
     """Wall-clock seconds spent on this run, carried across resumes."""

@@ -27,7 +27,7 @@ from budgetlm.data.shards import load_pattern, load_split
 from budgetlm.device import autocast_ctx, pick_device, pick_dtype, set_threads, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
-from budgetlm.train.budget import Budget, BudgetClock, Clock, parse_budget
+from budgetlm.train.budget import Budget, BudgetClock, Clock, accum_at, parse_budget
 from budgetlm.train.checkpoint import load_weights
 from budgetlm.train.checkpointer import Checkpointer, RunState, check_resume
 from budgetlm.train.distributed import DistContext, setup as setup_distributed
@@ -189,6 +189,10 @@ def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: B
     val_tokens = load_pattern(cfg.data.val_shards) if cfg.data.val_shards else load_split(data_dir, "val")
     _check_val_split(val_tokens.size, cfg, data_dir)  # before training, not at its final eval
     accum, step_micro = _accum(cfg, ctx.world)
+    if cfg.schedule.batch_warmup_frac and accum == 1:
+        raise BudgetLMError(f"--batch-warmup-frac ramps gradient accumulation, and this run has none: --total-batch "
+                            f"{cfg.total_batch_tokens or step_micro} is one micro-batch ({cfg.batch_size}x{cfg.seq_len}"
+                            f"{'' if ctx.world == 1 else f'x{ctx.world} ranks'}); raise --total-batch or lower --batch-size")
     if cfg.distill.teacher and loss_hook is None:
         from budgetlm.train.distill import make_teacher_hook
         loss_hook = make_teacher_hook(cfg.distill.teacher, load_split(data_dir, "train") if train_tokens is None else train_tokens,
@@ -262,11 +266,12 @@ def _loop(r: Run, stop: StopSignals) -> int:
             return 0
         lr = bc.lr(st.step, cfg.optim.lr, cfg.schedule.schedule, cfg.schedule.warmup_frac, cfg.schedule.min_lr_frac, cfg.schedule.warmup_steps, cfg.schedule.decay_frac)
         set_group_lrs(r.optimizer, lr)  # each group: lr times its own scale (train/optim.py)
-        result = train_step(r.run_model, r.model, r.optimizer, r.loader, r.ctx, accum=r.accum, device=r.device,
+        accum = accum_at(bc.max_frac, r.accum, cfg.schedule.batch_warmup_frac)
+        result = train_step(r.run_model, r.model, r.optimizer, r.loader, r.ctx, accum=accum, device=r.device,
                             autocast=r.evaluator.autocast, cuda_graphs=r.fast.cuda_graphs,
                             graph_grads=r.fast.graph_grads, grad_clip=cfg.optim.grad_clip,
                             loss_hook=partial(r.loss_hook, st.step, bc.max_frac) if r.loss_hook else None)
-        _count_step(r, result)
+        _count_step(r, result, accum)
         r.speed.time_step(t_step, r.device)
         _size_reserve(r)
         r.progress.update(bc.max_frac, st.step, st.losses[-1], r.speed.tok_rate, lr)
@@ -276,11 +281,11 @@ def _loop(r: Run, stop: StopSignals) -> int:
         _samples_and_checkpoints(r)
 
 
-def _count_step(r: Run, result: StepResult) -> None:
+def _count_step(r: Run, result: StepResult, accum: int) -> None:
     st = r.state
     st.step += 1
-    st.tokens_seen += r.accum * r.step_micro
-    r.speed.add_step(r.accum * r.step_micro, result)
+    st.tokens_seen += accum * r.step_micro
+    r.speed.add_step(accum * r.step_micro, result)
     # Reading the loss waits for the GPU; do it only when logging so the host runs ahead.
     st.pending.append(result.loss)
     if st.step % r.cfg.log_every == 0 or st.step == 1 or not r.device.type == "cuda":
