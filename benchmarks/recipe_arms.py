@@ -7,7 +7,7 @@ measured on the same text by the same code. N seeds per arm, Welch's t-test of e
 BPB against plain's; per-arm tokens/s. Rows go to benchmarks/results.jsonl.
 
   python benchmarks/recipe_arms.py [--budget 5m] [--seeds 1337 1338 1339] [--arms plain muon modern]
-      [--data TEXT_FILE] [--max-mb 4] [--work DIR]
+      [--data TEXT_FILE] [--max-mb 4] [--work DIR] [--stories N]
 Finished arms are kept in WORK/rows.jsonl, so the same --work resumes a cut-short run.
 A 5-minute budget x 12 arms x 3 seeds is three hours: run it on a machine nobody else is timing on.
 """
@@ -43,6 +43,10 @@ ARMS: dict[str, dict] = {
     "window32": dict(window=32),  # half the CPU default seq len (64)
     "wsd": dict(schedule="wsd", decay_frac=0.4),
     "modern": dict(recipe="modern"),
+    # the part of modern that Hugging Face's Llama class computes (so `budgetlm export` takes it):
+    # no qk-norm, soft-cap, value embeddings, embedding skips; SwiGLU in place of ReLU²
+    "llama_muon": dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False,
+                       zero_init_proj=True, optimizer="muon", schedule="wsd", decay_frac=0.4),
 }
 
 
@@ -63,6 +67,23 @@ def run_arm(name: str, budget: str, seed: int, train_txt: Path, heldout: Path, w
     else:
         row["heldout_error"] = ev.with_suffix(".log").read_text()[-500:]
     return row
+
+
+def story_rows(summary: list[dict], rows: list[dict], work: Path, n: int, best: int = 2) -> list[dict]:
+    """Story metrics (eval --stories N) of every seed's run of the `best` arms by held-out BPB."""
+    out = []
+    for arm in [r["arm"] for r in summary[:best]]:
+        for r in rows:
+            if r["arm"] != arm:
+                continue
+            run = work / f"{arm}-s{r['seed']}"
+            data = json.loads((run / "summary.json").read_text())["data_dir"]
+            ev = work / f"{arm}-s{r['seed']}-stories.json"
+            rc, _ = _cli(ROOT, ["eval", str(run), "--data", data, "--stories", str(n), "--max-tokens", "8192",
+                                "--out", str(ev)], ev.with_suffix(".log"), 1800)
+            if rc == 0:
+                out.append({"arm": arm, "seed": r["seed"], **json.loads(ev.read_text())["story_metrics"]})
+    return out
 
 
 def verdicts(rows: list[dict]) -> list[dict]:
@@ -96,6 +117,8 @@ def main() -> None:
                     help="stories text or a Gutenberg part (.txt.xz); its last 10%% of documents is held out")
     ap.add_argument("--max-mb", type=float, help="keep whole documents up to this many MB of text first")
     ap.add_argument("--work", help="folder for the split, runs and evals (default: a temporary one)")
+    ap.add_argument("--stories", type=int, default=0, help="story metrics of N stories for the best two arms")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: verdicts over WORK/rows.jsonl as it is")
     ap.add_argument("--no-record", action="store_true", help="print only; append nothing to results.jsonl")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,17 +130,22 @@ def main() -> None:
         rows = [r for r in done if r["arm"] in a.arms and r["seed"] in a.seeds]
         for seed in a.seeds:  # seeds outermost: a cut-short run still has every arm for the first seeds
             for name in a.arms:
-                if any(r["arm"] == name and r["seed"] == seed for r in rows):
+                if a.report_only or any(r["arm"] == name and r["seed"] == seed for r in rows):
                     continue
                 rows.append(run_arm(name, a.budget, seed, work / "split/train.txt", work / "split/heldout.txt", work))
                 with done_file.open("a") as f:
                     f.write(json.dumps(rows[-1]) + "\n")
                 print(json.dumps(rows[-1]), flush=True)
-    summary = verdicts(rows)
-    print_table(summary, ["arm", "n", "bpb_mean", "bpb_std", "bpb_vs_plain", "p_vs_plain", "verdict", "tok_per_s"])
+        summary = verdicts(rows)
+        print_table(summary, ["arm", "n", "bpb_mean", "bpb_std", "bpb_vs_plain", "p_vs_plain", "verdict", "tok_per_s"])
+        stories = story_rows(summary, rows, work, a.stories) if a.stories else []
+        if stories:
+            print_table(stories, ["arm", "seed", *[k for k in stories[0] if k not in ("arm", "seed")]])
     if not a.no_record:
         record("recipe_arms", rows, budget=a.budget, data=Path(a.data).name)
         record("recipe_arms_summary", summary, budget=a.budget, data=Path(a.data).name, seeds=a.seeds)
+        if stories:
+            record("recipe_arms_stories", stories, budget=a.budget, data=Path(a.data).name)
 
 
 if __name__ == "__main__":
