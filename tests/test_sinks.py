@@ -13,7 +13,8 @@ from budgetlm.config import TrainConfig, model_config
 from budgetlm.errors import BudgetLMError
 from budgetlm.train import sinks as sinks_mod
 from budgetlm.train.sinks import open_sinks, parse_log_to, scalars
-from budgetlm.train.trainer import compile_seconds, train
+from budgetlm.train.throughput import measured_compile_seconds
+from budgetlm.train.trainer import train
 
 QUIET = dict(log=lambda *_: None)
 
@@ -113,10 +114,10 @@ def test_step_budget_keeps_its_single_final_eval(synth_data, tmp_path):
 
 def test_compile_seconds_is_warmup_beyond_a_steady_step():
     times = [9.0, 2.5, 1.5] + [1.0, 1.0, 1.2, 0.8, 1.0]
-    assert compile_seconds(times, True) == pytest.approx(8.0 + 1.5 + 0.5)
-    assert compile_seconds(times, False) is None
-    assert compile_seconds([9.0, 2.0], True) == 9.0  # no steady steps: the first step's whole time
-    assert compile_seconds([], True) is None
+    assert measured_compile_seconds(times, True) == pytest.approx(8.0 + 1.5 + 0.5)
+    assert measured_compile_seconds(times, False) is None
+    assert measured_compile_seconds([9.0, 2.0], True) == 9.0  # no steady steps: the first step's whole time
+    assert measured_compile_seconds([], True) is None
 
 
 def test_log_to_parsing_and_missing_packages(tmp_path, monkeypatch):

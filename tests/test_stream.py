@@ -163,7 +163,6 @@ def test_slow_source_does_not_stall_beyond_its_own_speed(tmp_path, corpus, monke
     out.mkdir()
     write_json(out / PID_FILE, {"pid": os.getpid()})  # "a live process fills this folder": the loader waits
     finished = {}
-    t0 = time.perf_counter()
 
     def run():
         produce(spec, out, log=QUIET)

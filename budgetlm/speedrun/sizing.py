@@ -125,7 +125,7 @@ def _gpu_mfu(params: float) -> float:
     return _interp_log(params, GPU_MFU)
 
 
-def compile_seconds(params: float) -> float:
+def estimated_compile_seconds(params: float) -> float:
     """Estimated torch.compile time of the trainer's step on CUDA (see COMPILE_S_*)."""
     return COMPILE_S_SMALL if params < CUDA_GRAPHS_MAX_PARAMS else COMPILE_S_BIG
 
@@ -209,7 +209,7 @@ def size_model(seconds_left: float, cal: Calibration, unique_tokens: float | Non
         fpt = flops_per_token(cfg, seq)
         if gpu:
             tok_s = cal.flops_per_s / GPU_REF_EAGER_MFU * _gpu_mfu(params) / fpt
-            train_s = max(seconds_left - compile_seconds(params), 1.0) * TRAIN_SHARE
+            train_s = max(seconds_left - estimated_compile_seconds(params), 1.0) * TRAIN_SHARE
         else:
             tok_s = cal.flops_per_s * _cpu_efficiency(params) / fpt
             train_s = max(seconds_left, 1.0) * TRAIN_SHARE
@@ -240,12 +240,12 @@ def _explain(c: Candidate, cands: list[Candidate], cal: Calibration, seconds_lef
              f"lr {c.lr:g}): predicted {c.tokens_per_s:,.0f} tok/s x {train_s:.0f}s = {_m(c.tokens)} tokens{epochs}; "
              f"Chinchilla loss {c.loss:.3f} vs {others}"]
     if gpu:
-        lines.append(f"size: {compile_seconds(c.params):.0f}s of compile (estimate) taken from the training time")
+        lines.append(f"size: {estimated_compile_seconds(c.params):.0f}s of compile (estimate) taken from the training time")
     facts = {"method": "measured", "device": cal.device, "device_name": cal.name,
              "calibration": {"reference": cal.reference, "seconds": cal.seconds,
                              "tokens_per_s": cal.ref_tokens_per_s, "flops_per_s": cal.flops_per_s},
              "seconds_left": seconds_left, "train_seconds": train_s,
-             "compile_seconds_estimate": compile_seconds(c.params) if gpu else 0.0,
+             "compile_seconds_estimate": estimated_compile_seconds(c.params) if gpu else 0.0,
              "unique_tokens": unique, "loss_fit": LOSS_FIT, "tokenizer": tok,
              "choice": c.row(), "candidates": [o.row() for o in cands]}
     return facts, lines
@@ -322,4 +322,4 @@ def apply_sizing(sizing: Sizing, model: ModelConfig, train, log: Callable[[str],
 
 
 __all__ = ["Calibration", "Candidate", "Sizing", "calibrate", "calibration_seconds", "size_model", "apply_sizing",
-           "estimate_unique_tokens", "calibration_pays", "smallest_without_calibration", "compile_seconds", "lr_for_size", "vocab_of"]
+           "estimate_unique_tokens", "calibration_pays", "smallest_without_calibration", "estimated_compile_seconds", "lr_for_size", "vocab_of"]

@@ -15,7 +15,7 @@ from budgetlm.train.step import StepResult
 WARM_STEPS, TIMED_STEPS = 3, 11  # steps 1-3 compile / record CUDA graphs; 4-11 give the steady step time
 
 
-def compile_seconds(step_times: list[float], compiled: bool) -> float | None:
+def measured_compile_seconds(step_times: list[float], compiled: bool) -> float | None:
     """Seconds the warm-up steps (1-3: compile, CUDA-graph recording) took beyond a steady step, the
     median of steps 4-11; with fewer steps than that, the first step's whole duration. None uncompiled."""
     if not compiled or not step_times:

@@ -40,7 +40,7 @@ from budgetlm.train.progress import Progress
 from budgetlm.train.runlock import hold_run_lock
 from budgetlm.train.sinks import drop_metrics_after, open_sinks
 from budgetlm.train.step import StepResult, train_step
-from budgetlm.train.throughput import Throughput, compile_seconds  # compile_seconds: also imported from here
+from budgetlm.train.throughput import Throughput, measured_compile_seconds
 
 # Replaces the loss (distillation and the like): (step, frac, x, y, logits, loss) -> loss, or None to keep it.
 LossHook = Callable[..., "torch.Tensor | None"]
@@ -425,7 +425,7 @@ def _run_info(r: Run, ev: dict, train_seconds: float, eval_seconds: float, ckpt_
                   "flops_per_token": r.flops_per_token, "mfu": mfu(r.flops_per_token),
                   "mfu_full_attn": mfu(r.flops_full),
                   "model": to_dict(r.model_cfg), "train": flat_dict(cfg),
-                  "compile_s": compile_seconds(sp.step_times, r.fast.compile), "first_step_s": sp.first_step_s,
+                  "compile_s": measured_compile_seconds(sp.step_times, r.fast.compile), "first_step_s": sp.first_step_s,
                   "data_wait_s": sp.data_wait, "batch_s": sp.batch_s,
                   "data_wait_frac": sp.data_wait_frac(train_seconds), "steady_tokens_per_s": steady_rate,
                   "data": r.meta}
