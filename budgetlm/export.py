@@ -41,8 +41,10 @@ def hf_family(cfg: ModelConfig) -> str:
     family = "GPT2LMHeadModel" if cfg.pos == "learned" else "LlamaForCausalLM"
     switches = [f"{k}={getattr(cfg, k)}" for k in ("qk_norm", "logit_softcap", "value_embeds", "embed_skip", "window")
                 if getattr(cfg, k)]  # issue 21's switches: no HF class computes them (zero_init_proj is init only)
-    if switches:
-        raise BudgetLMError(f"export: {family} cannot express {', '.join(switches)}")
+    if switches:  # the modern recipe's (the default for gpt: --recipe auto); its Llama-shaped part exports
+        raise BudgetLMError(f"export: {family} cannot express {', '.join(switches)} (the modern recipe's); to "
+                            "export, train with --recipe plain, or with --recipe modern --no-qk-norm --logit-softcap 0 "
+                            "--value-embeds 0 --no-embed-skip --mlp swiglu (a Llama: Muon, RoPE, RMSNorm, untied head)")
     bad = [f"{k}={getattr(cfg, k)}" for k, v in FAMILIES[family].items() if getattr(cfg, k) != v]
     if bad:
         need = ", ".join(f"{k}={v}" for k, v in FAMILIES[family].items())

@@ -25,9 +25,9 @@ FLAT_OLD_CHECKPOINT = {  # a train_config as checkpoints wrote it before the tre
     "parallel": "auto", "zero_stage": 0}
 
 # issue 21's fields, at their defaults: an old checkpoint without them loads with these
-ISSUE21_FIELDS = {"recipe": "plain", "optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95,
+ISSUE21_FIELDS = {"recipe": "auto", "optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95,
                   "muon_weight_decay": 0.0, "muon_lr_adjust": "original", "embed_lr": None, "head_lr": None,
-                  "decay_frac": 0.2}
+                  "decay_frac": 0.2, "batch_warmup_frac": 0.0}
 
 def test_every_flat_field_has_exactly_one_home():
     paths = leaf_paths(TrainConfig)

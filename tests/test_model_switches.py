@@ -138,7 +138,7 @@ def test_bad_switch_values_are_refused():
 
 
 def test_plain_recipe_changes_nothing_and_modern_respects_explicit_flags():
-    m, t = model_config(**SHAPES["gpt2"]), TrainConfig()
+    m, t = model_config(**SHAPES["gpt2"]), TrainConfig(recipe="plain")
     assert apply_recipe(m, t) == (m, t)
     m2, t2 = apply_recipe(m, TrainConfig(recipe="modern", optim=OptimConfig(lr=1e-3)), explicit={"lr", "qk_norm", "qk_norm"})
     assert t2.optim.optimizer == "muon" and t2.schedule.schedule == "wsd" and t2.optim.lr == 1e-3
@@ -148,6 +148,29 @@ def test_plain_recipe_changes_nothing_and_modern_respects_explicit_flags():
     assert t3.schedule.schedule == "cosine" and m3.window == 0
     with pytest.raises(BudgetLMError, match="--recipe modern"):
         apply_recipe(model_config(arch="lstm"), TrainConfig(recipe="modern"))
+
+
+def test_auto_recipe_is_modern_for_gpt_and_plain_elsewhere():
+    m, t = apply_recipe(model_config(**SHAPES["gpt2"]), TrainConfig())
+    assert TrainConfig().recipe == "auto" and t.recipe == "modern" and t.optim.optimizer == "muon" and m.qk_norm
+    assert (m, t) == apply_recipe(model_config(**SHAPES["gpt2"]), TrainConfig(recipe="modern"))
+    lstm, t = apply_recipe(model_config(arch="lstm"), TrainConfig())
+    assert t.recipe == "plain" and t.optim.optimizer == "adamw" and lstm == model_config(arch="lstm")
+
+
+def test_export_hint_flags_leave_a_llama_that_exports():
+    """The flags export's refusal names turn modern into a model HF's Llama class computes."""
+    from budgetlm.export import hf_family
+    from budgetlm.cli import build_parser
+    from budgetlm.cli.train import MODEL_FLAGS, RECIPE_MODEL_FLAGS, RECIPE_TRAIN_FLAGS, TRAIN_FLAGS
+    from budgetlm.cli.flags import picked
+    with pytest.raises(BudgetLMError, match="--no-qk-norm") as refusal:
+        hf_family(apply_recipe(model_config(**SHAPES["gpt2"]), TrainConfig())[0])
+    hint = str(refusal.value).split("or with ")[1].split(" (a Llama")[0].split()
+    args = build_parser().parse_args(["train", "--data", "d", *hint])
+    m, t = picked(args, MODEL_FLAGS + RECIPE_MODEL_FLAGS), picked(args, TRAIN_FLAGS + RECIPE_TRAIN_FLAGS)
+    mc, tc = apply_recipe(model_config(**SHAPES["gpt2"], **m), TrainConfig(**t), explicit=set(m) | set(t))
+    assert hf_family(mc) == "LlamaForCausalLM" and tc.optim.optimizer == "muon" and not mc.tie_embeddings
 
 
 def test_modern_recipe_trains_end_to_end(synth_data, tmp_path):

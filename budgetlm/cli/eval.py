@@ -20,7 +20,7 @@ def register(sub) -> None:
                     help="also HellaSwag acc / acc_norm on the first N items (default all 10,042)")
     field_flag(sp, "hellaswag_file")
     sp.add_argument("--split", default="val", help="the prepared folder's split to score (default val)")
-    field_flag(sp, "seq_len", help="tokens per scored window (default: the model's block size)")
+    field_flag(sp, "seq_len", help="tokens per scored window (default: the seq len it was trained with, else its block size)")
     field_flag(sp, "batch_size", default=16, help="windows per forward pass (default 16)")
     sp.add_argument("--max-tokens", type=checks.number(int, min=1), help="score at most this many tokens")
     sp.add_argument("--stories", type=checks.number(int, min=0), default=0,

@@ -50,7 +50,8 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
     check_request(req)
     model, tok, ckpt = load_model(req.checkpoint, req.device or "auto")
     device = next(model.parameters()).device
-    seq = req.seq_len or model.cfg.block_size
+    from budgetlm.train.checkpoint import trained_seq_len
+    seq = req.seq_len or trained_seq_len(ckpt) or model.cfg.block_size  # windows as the run's own evals scored
     if not req.data:
         return _eval_text(req, model, tok, ckpt, device, seq)
     return _eval_data(req, model, tok, ckpt, device, seq)

@@ -327,6 +327,18 @@ def _load_state(ckpt: Path) -> dict[str, Any] | None:
     return None
 
 
+def trained_seq_len(ckpt: Path) -> int | None:
+    """The sequence length the checkpoint was trained with (its state's train config), or None. The
+    model's block_size can be longer (the default 256 under a 64-token run), and scoring windows of
+    another length is another number: longer RoPE windows read 3e-4 lower than the run's own eval."""
+    try:
+        doc = json.loads((Path(ckpt) / STATE_JSON).read_text())
+        seq = doc["train_config"]["seq_len"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return seq if isinstance(seq, int) and seq > 0 else None
+
+
 def _check_config_fits_weights(ckpt: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
     """Before anything builds the model: a config.json that asks for more parameters than its
     weights file holds is not this checkpoint's (an edited one asked for a 51.5 GB model). The count

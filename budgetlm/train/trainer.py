@@ -8,6 +8,7 @@ phase call per line) and finished (`_finish`: final eval, checkpoint, summary).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -168,6 +169,8 @@ def _accum(cfg: TrainConfig, world: int) -> tuple[int, int]:
 def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: Budget, data_dir: str | Path,
            resume: str | None, loss_hook: LossHook | None, clock: Clock, reserve_s: float,
            stop_after_steps: int | None, log: Callable[[str], None]) -> Run:
+    if cfg.recipe == "auto":  # no bundle was applied (the verbs apply it, train/recipe.py): this trains as given
+        cfg = dataclasses.replace(cfg, recipe="plain")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = ctx.device if ctx.enabled else pick_device(cfg.device)
@@ -246,7 +249,7 @@ def _log_model(log, ctx, cfg, model_cfg, n_params, device, dtype, threads, fast,
         f"vocab {model_cfg.vocab_size}) | device {device.type} {str(dtype).replace('torch.', '')} | threads {threads} "
         f"| compile {('on, CUDA graphs' if fast.cuda_graphs else 'on') if fast.compile else 'off'}"
         f"{f' | fp8 {cfg.fast.fp8} ({len(fp8_layers)} Linears)' if fp8_layers else ''}{' | fp8 head' if fast.fp8_head else ''}"
-        f" | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
+        f" | recipe {cfg.recipe} | batch {cfg.batch_size}x{cfg.seq_len}x{accum}"
         f"{f'x{ctx.world} ranks ({ctx.parallel}' + (', zero1)' if ctx.zero_stage else ')') if ctx.enabled else ''} "
         f"| budget {budget} | data {_data_note(meta)}")
 
