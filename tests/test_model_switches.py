@@ -156,6 +156,19 @@ def test_auto_recipe_is_modern_for_gpt_and_plain_elsewhere():
     assert (m, t) == apply_recipe(model_config(**SHAPES["gpt2"]), TrainConfig(recipe="modern"))
     lstm, t = apply_recipe(model_config(arch="lstm"), TrainConfig())
     assert t.recipe == "plain" and t.optim.optimizer == "adamw" and lstm == model_config(arch="lstm")
+    llama, t = apply_recipe(model_config("tinyllama-1.1b"), TrainConfig())  # a shape the user chose stays
+    assert t.recipe == "plain" and llama == model_config("tinyllama-1.1b")
+
+
+def test_auto_leaves_out_what_other_settings_exclude_where_modern_refuses():
+    gpt2 = model_config(**SHAPES["gpt2"])
+    m, t = apply_recipe(gpt2, TrainConfig(zero_stage=1))
+    assert t.recipe == "modern" and t.optim.optimizer == "adamw" and m.qk_norm  # ZeRO-1 shards AdamW only
+    m, t = apply_recipe(gpt2, TrainConfig(ce_kernel="on"))
+    assert t.recipe == "modern" and m.logit_softcap == 0 and t.optim.optimizer == "muon"
+    for bad in (dict(zero_stage=1), dict(ce_kernel="on")):
+        with pytest.raises(BudgetLMError):
+            apply_recipe(gpt2, TrainConfig(recipe="modern", **bad))
 
 
 def test_export_hint_flags_leave_a_llama_that_exports():

@@ -107,11 +107,16 @@ def run(args: argparse.Namespace) -> None:
                               or (f"{args.max_steps}-steps" if args.max_steps else "5m"))
     train_values["out_dir"] = args.out
     train_values["progress"] = not args.no_progress
+    resume = (args.resume or args.out) if args.resume is not None else None
+    if resume is not None and "recipe" not in train_values:  # a resumed run keeps its recipe, not today's auto
+        from budgetlm.train.checkpoint import saved_train_config
+        saved = saved_train_config(resume)
+        if saved is not None:
+            train_values["recipe"] = saved.get("recipe", "plain")  # saved before recipes existed: plain
     tcfg = from_dict(TrainConfig, train_values, "flags")  # the file's own keys were checked above, naming it
     from budgetlm.config import flat_values
     from budgetlm.train.recipe import apply_recipe  # values given by flag or file win over the bundle
     mcfg, tcfg = apply_recipe(mcfg, tcfg, explicit=set(model_values) | set(flat_values(TrainConfig, train_values)))
-    resume = (args.resume or args.out) if args.resume is not None else None
     info = train(mcfg, tcfg, args.data, resume=resume, stop_after_steps=args.stop_after_steps)
     from budgetlm.report.summary import summary_table
     from budgetlm.train.distributed import env_world

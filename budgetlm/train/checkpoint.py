@@ -327,15 +327,26 @@ def _load_state(ckpt: Path) -> dict[str, Any] | None:
     return None
 
 
-def trained_seq_len(ckpt: Path) -> int | None:
-    """The sequence length the checkpoint was trained with (its state's train config), or None. The
-    model's block_size can be longer (the default 256 under a 64-token run), and scoring windows of
-    another length is another number: longer RoPE windows read 3e-4 lower than the run's own eval."""
+def saved_train_config(path: str | Path) -> dict[str, Any] | None:
+    """The train config saved with the checkpoint `path` leads to (a checkpoint, its root or a run
+    folder), as written (nested dict), or None where there is none to read."""
+    def read(ckpt: Path) -> dict[str, Any] | None:
+        try:
+            cfg = json.loads((ckpt / STATE_JSON).read_text())["train_config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return cfg if isinstance(cfg, dict) else None
     try:
-        doc = json.loads((Path(ckpt) / STATE_JSON).read_text())
-        seq = doc["train_config"]["seq_len"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return _pick(path, read)
+    except BudgetLMError:  # no checkpoint there yet
         return None
+
+
+def trained_seq_len(ckpt: Path) -> int | None:
+    """The sequence length the checkpoint was trained with, or None. The model's block_size can be
+    longer (the default 256 under a 64-token run), and scoring windows of another length is another
+    number: longer RoPE windows read 3e-4 lower than the run's own eval."""
+    seq = (saved_train_config(ckpt) or {}).get("seq_len")
     return seq if isinstance(seq, int) and seq > 0 else None
 
 

@@ -32,15 +32,29 @@ MODERN_TRAIN: dict[str, Any] = dict(optimizer="muon", muon_lr=0.02, schedule="ws
 
 
 def resolve_recipe(name: str, model_cfg: ModelConfig) -> str:
-    """The recipe `auto` stands for. modern, for the gpt transformer, on both devices measured
+    """The recipe `auto` stands for: modern for a GPT-2-shaped transformer (learned positions,
+    LayerNorm, GELU: the default shape and the gpt2-* / dN sizes), measured better on both devices
     (benchmarks/RESULTS.md, "The modern recipe"): the 5-minute CPU speedrun on held-out TinyStories,
     1.112 vs plain 1.146 BPB (3 seeds, p = 0.001), and GPT-2 124M on Gutenberg on an H200, 7 minutes
-    each, 1.310 vs 1.965 BPB, reaching plain's final loss in 0.31x its time. plain for the other
-    archs (LSTM, D3PM): the bundle is the transformer's. Export to Hugging Face takes plain, or modern
-    with the switches no HF class computes turned off (export.py says which)."""
+    each, 1.310 vs 1.965 BPB, reaching plain's final loss in 0.31x its time. plain for everything
+    else: the LSTM and D3PM (the bundle is the transformer's) and a shape the user chose (a Llama
+    preset such as tinyllama-1.1b, or --pos/--norm/--mlp given), which auto leaves as named."""
     if name != "auto":
         return name
-    return "modern" if model_cfg.arch == "gpt" else "plain"
+    gpt2_shaped = model_cfg.arch == "gpt" and (model_cfg.pos, model_cfg.norm, model_cfg.mlp) == \
+        ("learned", "layernorm", "gelu")
+    return "modern" if gpt2_shaped else "plain"
+
+
+def auto_leaves_out(train_cfg: TrainConfig) -> set[str]:
+    """The bundle's fields `auto` leaves alone because other settings exclude them, so that auto
+    never refuses a run that plain would take (an explicit --recipe modern still refuses it)."""
+    out = set()
+    if train_cfg.dist.parallel == "fsdp" or train_cfg.dist.zero_stage:
+        out |= {"optimizer", "muon_lr"}  # Muon is not sharded: AdamW stays
+    if any(get_value(train_cfg, n) == "on" for n in ("fused_loss", "ce_kernel", "fp8_head")):
+        out.add("logit_softcap")  # those heads have no cap
+    return out
 
 
 def apply_recipe(model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -51,6 +65,8 @@ def apply_recipe(model_cfg: ModelConfig, train_cfg: TrainConfig,
         raise BudgetLMError(f"--recipe must be one of {', '.join(RECIPES)}, got {train_cfg.recipe!r}")
     explicit = set(explicit)
     name = resolve_recipe(train_cfg.recipe, model_cfg)
+    if train_cfg.recipe == "auto":
+        explicit |= auto_leaves_out(train_cfg)
     if name == "modern":
         if model_cfg.arch != "gpt":
             raise BudgetLMError(f"--recipe modern is for the gpt transformer, not --arch {model_cfg.arch}")

@@ -8,7 +8,7 @@ phase call per line) and finished (`_finish`: final eval, checkpoint, summary).
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 import math
 import random
@@ -170,7 +170,8 @@ def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: B
            resume: str | None, loss_hook: LossHook | None, clock: Clock, reserve_s: float,
            stop_after_steps: int | None, log: Callable[[str], None]) -> Run:
     if cfg.recipe == "auto":  # no bundle was applied (the verbs apply it, train/recipe.py): this trains as given
-        cfg = dataclasses.replace(cfg, recipe="plain")
+        cfg = copy.copy(cfg)  # not dataclasses.replace: the caller's config is trained as it is, unchecked again
+        cfg.recipe = "plain"
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = ctx.device if ctx.enabled else pick_device(cfg.device)
