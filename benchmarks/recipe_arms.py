@@ -79,10 +79,10 @@ def story_rows(summary: list[dict], rows: list[dict], work: Path, n: int, best: 
             run = work / f"{arm}-s{r['seed']}"
             data = json.loads((run / "summary.json").read_text())["data_dir"]
             ev = work / f"{arm}-s{r['seed']}-stories.json"
-            rc, _ = _cli(ROOT, ["eval", str(run), "--data", data, "--stories", str(n), "--max-tokens", "8192",
-                                "--out", str(ev)], ev.with_suffix(".log"), 1800)
+            rc = 0 if ev.exists() else _cli(ROOT, ["eval", str(run), "--data", data, "--stories", str(n), "--max-tokens",
+                                                  "8192", "--out", str(ev)], ev.with_suffix(".log"), 1800)[0]
             if rc == 0:
-                out.append({"arm": arm, "seed": r["seed"], **json.loads(ev.read_text())["story_metrics"]})
+                out.append({"arm": arm, "seed": r["seed"], **json.loads(ev.read_text())["stories"]["story_metrics"]})
     return out
 
 
