@@ -156,6 +156,9 @@ def test_auto_recipe_is_modern_for_gpt_and_plain_elsewhere():
     assert (m, t) == apply_recipe(model_config(**SHAPES["gpt2"]), TrainConfig(recipe="modern"))
     lstm, t = apply_recipe(model_config(arch="lstm"), TrainConfig())
     assert t.recipe == "plain" and t.optim.optimizer == "adamw" and lstm == model_config(arch="lstm")
+    # the CPU speedrun's sized shape (learned positions, LayerNorm, SwiGLU) is what modern was measured on
+    m, t = apply_recipe(model_config(n_layer=3, n_head=3, n_embd=96, mlp="swiglu"), TrainConfig())
+    assert t.recipe == "modern" and m.mlp == "relu2"
     llama, t = apply_recipe(model_config("tinyllama-1.1b"), TrainConfig())  # a shape the user chose stays
     assert t.recipe == "plain" and llama == model_config("tinyllama-1.1b")
 

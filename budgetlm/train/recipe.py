@@ -32,19 +32,17 @@ MODERN_TRAIN: dict[str, Any] = dict(optimizer="muon", muon_lr=0.02, schedule="ws
 
 
 def resolve_recipe(name: str, model_cfg: ModelConfig) -> str:
-    """The recipe `auto` stands for: modern for a GPT-2-shaped transformer (learned positions,
-    LayerNorm, GELU: the default shape and the gpt2-* / dN sizes), measured better on both devices
+    """The recipe `auto` stands for: modern for the gpt transformer with learned positions (the
+    default shape, the speedrun's sized ones, the gpt2-* / dN sizes), measured better on both devices
     (benchmarks/RESULTS.md, "The modern recipe"): the 5-minute CPU speedrun on held-out TinyStories,
     1.112 vs plain 1.146 BPB (AMD, 3 seeds, p = 0.001) and 1.105 vs 1.136 (Xeon, 2 seeds, p = 0.049),
     on a held-out Gutenberg book 1.937 vs 1.997 (3 seeds, p = 0.006), and GPT-2 124M on Gutenberg on
-    an H200, 7 minutes each, 1.310 vs 1.965 BPB, reaching plain's final loss in 0.31x its time. plain for everything
-    else: the LSTM and D3PM (the bundle is the transformer's) and a shape the user chose (a Llama
-    preset such as tinyllama-1.1b, or --pos/--norm/--mlp given), which auto leaves as named."""
+    an H200, 7 minutes each, 1.310 vs 1.965 BPB, reaching plain's final loss in 0.31x its time.
+    plain for the rest: the LSTM and D3PM (the bundle is the transformer's) and a RoPE model (a Llama
+    preset such as tinyllama-1.1b, or --pos rope), a shape someone chose, which auto leaves as named."""
     if name != "auto":
         return name
-    gpt2_shaped = model_cfg.arch == "gpt" and (model_cfg.pos, model_cfg.norm, model_cfg.mlp) == \
-        ("learned", "layernorm", "gelu")
-    return "modern" if gpt2_shaped else "plain"
+    return "modern" if model_cfg.arch == "gpt" and model_cfg.pos == "learned" else "plain"
 
 
 def auto_leaves_out(train_cfg: TrainConfig) -> set[str]:

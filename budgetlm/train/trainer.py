@@ -28,7 +28,7 @@ from budgetlm.data.shards import load_pattern, load_split
 from budgetlm.device import autocast_ctx, pick_device, pick_dtype, set_threads, synchronize
 from budgetlm.errors import BudgetLMError
 from budgetlm.models import build_model
-from budgetlm.train.budget import Budget, BudgetClock, Clock, accum_at, parse_budget
+from budgetlm.train.budget import Budget, BudgetClock, Clock, accum_at, parse_budget, whole_batch_tokens
 from budgetlm.train.checkpoint import load_weights
 from budgetlm.train.checkpointer import Checkpointer, RunState, check_resume
 from budgetlm.train.distributed import DistContext, setup as setup_distributed
@@ -213,8 +213,10 @@ def _build(ctx: DistContext, model_cfg: ModelConfig, cfg: TrainConfig, budget: B
     ddp_model = ctx.wrap(model, dtype)  # DDP wrapper / FSDP-sharded model / the model itself
     optimizer = ctx.make_optimizer(model, make_optimizer, cfg, device)
     state = RunState()
-    bclock = BudgetClock(budget, clock, cfg.eval.final_eval_tokens or val_tokens.size, cfg.batch_size * cfg.seq_len,
-                         reserve_s, log=log)
+    final_tokens = cfg.eval.final_eval_tokens or val_tokens.size
+    if fast.compile and not ctx.enabled:  # whole batches: no new shape to compile at the end
+        final_tokens = whole_batch_tokens(final_tokens, val_tokens.size, cfg.seq_len, cfg.batch_size * cfg.seq_len)
+    bclock = BudgetClock(budget, clock, final_tokens, cfg.batch_size * cfg.seq_len, reserve_s, log=log)
     checkpointer = Checkpointer(ctx, cfg, model_cfg, model, optimizer, loader, tokenizer, state, bclock,
                                 out / "checkpoints")
     if resumed:
