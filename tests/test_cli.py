@@ -82,7 +82,9 @@ def test_speedrun_offline_falls_back_to_synth(tmp_path):
     assert "training on the built-in synthetic stories" in res.stdout + res.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     # the CPU default is the 5-minute study's best setting (benchmarks/HISTORY.md §6)
-    assert (summary["model"]["n_layer"], summary["model"]["n_embd"], summary["model"]["mlp"]) == (3, 96, "swiglu")
+    # the sized CPU shape (3x96, SwiGLU) under --recipe auto = modern, whose ReLU² replaces the SwiGLU
+    assert (summary["model"]["n_layer"], summary["model"]["n_embd"], summary["model"]["mlp"]) == (3, 96, "relu2")
+    assert summary["train"]["recipe"] == "modern" and summary["train"]["optimizer"] == "muon"
     # ... chosen by the default sizing from a calibration of this CPU, which says so
     assert summary["sizing"]["choice"]["name"] == "3x96" and "size: 3x96 (" in res.stdout
     assert summary["elapsed"] <= 25 + 1.0
