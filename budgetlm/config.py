@@ -289,7 +289,7 @@ class TrainConfig:
     max_steps: int | None = setting(None, "stop after N steps (the schedule still follows the "
                                    "budget; no --budget: the budget is N-steps)", min=1)
     recipe: str = setting("auto", "named bundle of model/optimizer switches (explicit flags win); auto = the one "
-                          "measured best for the model: modern for the gpt transformer, plain for the others",
+                          "measured best for the model: modern for the learned-position transformer, plain for the others",
                           choices=("auto", "plain", "modern"))
     optim: OptimConfig = group(OptimConfig, "the optimizer: lr, betas, weight decay, gradient clip")
     schedule: ScheduleConfig = group(ScheduleConfig, "the learning-rate schedule and its warmup")
