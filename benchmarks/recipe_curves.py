@@ -16,17 +16,23 @@ import json
 from pathlib import Path
 
 
-def eval_curve(run: Path) -> list[dict]:
-    """(tokens, elapsed seconds, val_loss) of every eval row, final included, in step order."""
+def metric_rows(run: Path) -> list[dict]:
+    """The dict rows of a run's metrics.jsonl (a torn last line is skipped)."""
     rows = []
     for line in (run / "metrics.jsonl").read_text().splitlines():
         try:
             r = json.loads(line)
         except ValueError:
             continue
-        if isinstance(r, dict) and r.get("val_loss") is not None:
-            rows.append({"tokens": r["tokens"], "seconds": r["elapsed"], "val_loss": r["val_loss"]})
+        if isinstance(r, dict):
+            rows.append(r)
     return rows
+
+
+def eval_curve(run: Path) -> list[dict]:
+    """(tokens, elapsed seconds, val_loss) of every eval row, final included, in step order."""
+    return [{"tokens": r["tokens"], "seconds": r["elapsed"], "val_loss": r["val_loss"]}
+            for r in metric_rows(run) if r.get("val_loss") is not None]
 
 
 SMOOTH = 3
@@ -35,12 +41,8 @@ SMOOTH = 3
 def train_curve(run: Path) -> list[dict]:
     """(tokens, elapsed seconds, trailing-mean training loss) of every logged step."""
     rows, window = [], []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(r, dict) and r.get("loss") is not None and r.get("step", 0) > 1:
+    for r in metric_rows(run):
+        if r.get("loss") is not None and r.get("step", 0) > 1:
             window = (window + [r["loss"]])[-SMOOTH:]
             rows.append({"tokens": r["tokens"], "seconds": r["elapsed"], "val_loss": sum(window) / len(window)})
     return rows

@@ -332,7 +332,7 @@ def saved_train_config(path: str | Path) -> dict[str, Any] | None:
     folder), as written (nested dict), or None where there is none to read."""
     def read(ckpt: Path) -> dict[str, Any] | None:
         try:
-            cfg = json.loads((ckpt / STATE_JSON).read_text())["train_config"]
+            cfg = state_codec.loads((ckpt / STATE_JSON).read_text())["train_config"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return cfg if isinstance(cfg, dict) else None
