@@ -30,6 +30,7 @@ MODE=${1:-one}
 case "$MODE" in one) BUDGET=${BUDGET:-3m30s};; plain|modern) BUDGET=${BUDGET:-7m};; *) BUDGET=${BUDGET:-10m};; esac  # per arm
 # The same shape, data and batch for both arms: 124M (12x768, GPT-2 vocab), 1024 tokens, 512K tokens a step.
 # AdamW's lr is nanoGPT's for this size; modern keeps it for embeddings/head and gives Muon its 0.02.
+# plain is named: the default recipe (auto) is modern for this shape.
 COMMON="--model gpt2-124m --seq-len 1024 --batch-size ${MICRO:-64} --total-batch 524288 --lr 6e-4 --budget $BUDGET
   --eval-points 16 --eval-tokens 1048576 --final-eval-tokens 4194304 --no-progress"
 
@@ -91,7 +92,7 @@ case "$MODE" in
 plain|modern)
   stash
   prep
-  if [ "$MODE" = plain ]; then arm plain; else arm modern --recipe modern; fi
+  if [ "$MODE" = plain ]; then arm plain --recipe plain; else arm modern --recipe modern; fi
   export_arm "$MODE"
   ;;
 smoke)
@@ -101,14 +102,14 @@ smoke)
 one)
   stash
   prep
-  arm plain
+  arm plain --recipe plain
   arm modern --recipe modern
   curves
   ;;
 a)
   stash
   prep
-  arm_detached plain
+  arm_detached plain --recipe plain
   wait_for "$R/plain/summary.json"; tail -3 "$R/plain.log"
   ;;
 b)

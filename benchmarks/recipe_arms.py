@@ -30,6 +30,7 @@ from budgetlm.sweep.report import welch_p  # noqa: E402
 
 ALPHA = 0.05
 # Overrides on top of the speedrun's own sizing; each switch alone, then the bundle (train/recipe.py).
+# Every arm but modern starts from recipe plain: the default (auto) is the bundle for this shape.
 ARMS: dict[str, dict] = {
     "plain": {},
     "muon": dict(optimizer="muon"),
@@ -50,14 +51,20 @@ ARMS: dict[str, dict] = {
 }
 
 
+def arm_overrides(name: str) -> dict:
+    """The arm's flags: its switches on the plain recipe (modern names its own)."""
+    return {"recipe": "plain", **ARMS[name]}
+
+
 def run_arm(name: str, budget: str, seed: int, train_txt: Path, heldout: Path, work: Path) -> dict:
     out = work / f"{name}-s{seed}"
+    overrides = arm_overrides(name)
     info, _ = speedrun(budget, str(train_txt), out_dir=str(out), seed=seed, cache_root=str(work / "data"),
-                       overrides={**ARMS[name], "progress": False}, log=lambda *_: None)
+                       overrides={**overrides, "progress": False}, log=lambda *_: None)
     m, t = info.extra["model"], info.extra["train"]
     row = {"arm": name, "seed": seed, "budget": budget, "params": info.params, "tokens_seen": info.tokens_seen,
            "tok_per_s": info.tokens_per_s, "steady_tok_per_s": info.extra.get("steady_tokens_per_s"),
-           "own_val_bpb": info.val_bpb, "overrides": ARMS[name],
+           "own_val_bpb": info.val_bpb, "overrides": overrides,
            "shape": f"{m['n_layer']}x{m['n_embd']} v{m['vocab_size']} seq{t['seq_len']} b{t['batch_size']}"}
     ev = work / f"{name}-s{seed}-heldout.json"
     rc, _ = _cli(ROOT, ["eval", str(out), "--text", str(heldout), "--out", str(ev)], ev.with_suffix(".log"), 1800)
