@@ -8,7 +8,7 @@
 #     smoke  stash the carried parts; both recipes compiled at 124M on synthetic text for a few steps
 #     a      stash the parts carried now; prepare all stashed parts; plain starts detached
 #     b      plain ends; modern starts detached
-#     c      modern ends; curves; then the GPU-marked tests in what time is left
+#     c      modern ends; curves; then the GPU-marked tests in what time is left (GPU_TESTS=0: none)
 #   one arm a call, each call self-contained (a cold machine just prepares again; curves are drawn
 #   from the returned metrics with recipe_curves.py wherever the two calls' $OUT files land):
 #     BUDGET=7m bash benchmarks/gpu_recipe_evidence.sh plain    then    ... modern
@@ -121,7 +121,7 @@ c)
   wait_for "$R/modern/summary.json" || { echo "modern not finished"; tail -20 "$R/modern.log"; exit 1; }
   curves
   left=$(( LIMIT - ($(date +%s) - START) - 15 ))
-  [ "$left" -gt 60 ] && timeout "$left" $PY -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gputests.log"
+  [ "${GPU_TESTS:-1}" = 1 ] && [ "$left" -gt 60 ] && timeout "$left" $PY -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gputests.log"
   ;;
 *)
   echo "usage: $0 smoke|one|plain|modern|a|b|c"; exit 2
