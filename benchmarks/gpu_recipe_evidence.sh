@@ -4,7 +4,8 @@
 # PNG, and the tokens / seconds each needs to reach plain's final validation loss (recipe_curves.py).
 #
 #   one device call (default, <= 9.5 min):  BUDGET=3m30s bash benchmarks/gpu_recipe_evidence.sh one
-#   10 minutes each, chained calls on one warm machine (each must start within its 30 s idle window):
+#   10 minutes each, chained calls on one warm machine (each must start within its 30 s idle window;
+#   a late call finds a fresh machine and says so at once; on 2026-12-02 a gap lost the chain after b):
 #     smoke  stash the carried parts; both recipes compiled at 124M on synthetic text for a few steps
 #     a      stash the parts carried now; prepare all stashed parts; plain starts detached
 #     b      plain ends; modern starts detached
@@ -72,6 +73,10 @@ arm_detached() {
   setsid nohup $PY -m budgetlm train --data "$R/data" --out "$R/$name" $COMMON "$@" > "$R/$name.log" 2>&1 < /dev/null &
 }
 
+alive() {  # alive NAME: a machine started afresh has no detached run to wait for; say so at once
+  [ -e "$R/$1.log" ] || { echo "no $R/$1.log: this is a fresh machine, the chained run is gone (start again at a)"; exit 3; }
+}
+
 wait_for() {  # wait_for FILE: until FILE exists or this phase's time is up
   while [ ! -e "$1" ] && [ $(( $(date +%s) - START )) -lt "$LIMIT" ]; do sleep 5; done
   [ -e "$1" ]
@@ -113,11 +118,13 @@ a)
   wait_for "$R/plain/summary.json"; tail -3 "$R/plain.log"
   ;;
 b)
+  alive plain
   wait_for "$R/plain/summary.json" || { echo "plain not finished"; tail -20 "$R/plain.log"; exit 1; }
   arm_detached modern --recipe modern
   wait_for "$R/modern/summary.json"; tail -3 "$R/modern.log"
   ;;
 c)
+  alive modern
   wait_for "$R/modern/summary.json" || { echo "modern not finished"; tail -20 "$R/modern.log"; exit 1; }
   curves
   left=$(( LIMIT - ($(date +%s) - START) - 15 ))

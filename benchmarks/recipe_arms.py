@@ -149,7 +149,8 @@ def main() -> None:
         if stories:
             print_table(stories, ["arm", "seed", *[k for k in stories[0] if k not in ("arm", "seed")]])
     if not a.no_record:
-        record("recipe_arms", rows, budget=a.budget, data=Path(a.data).name)
+        # a row that carries a date is in results.jsonl already (WORK/rows.jsonl seeded from it)
+        record("recipe_arms", [r for r in rows if "date" not in r], budget=a.budget, data=Path(a.data).name)
         record("recipe_arms_summary", summary, budget=a.budget, data=Path(a.data).name, seeds=a.seeds)
         if stories:
             record("recipe_arms_stories", stories, budget=a.budget, data=Path(a.data).name)
